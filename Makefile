@@ -1,0 +1,35 @@
+# Two commands do all set-up on a fresh machine with Python 3.11:
+#   make demo   -- creates .venv, installs, runs `raymedia demo`
+#   make test   -- same environment plus test extras, runs the tests
+# torch is installed first, pinned, so pip never resolves a CUDA build on a CPU machine.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+TORCH  ?= torch==2.13.0
+PYTEST_ARGS ?=
+
+.PHONY: demo test bench install clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/raymedia demo
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: install
+	$(BIN)/python benchmarks/scoring.py --users 20000 --items 5000
+
+clean:
+	rm -rf $(VENV) out .pytest_cache

@@ -1,0 +1,232 @@
+"""Typed configuration: every knob is a dataclass field.
+
+Loaded from YAML, then overridden by ``section.field=value`` strings from the
+command line. Types and bounds are checked field by field, so a bad value
+fails with a message naming the field (``train.epochs must be >= 1, got 0``).
+Config is data only: values are parsed with ``yaml.safe_load``, never eval'd.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _f(default: Any, *, lo: float | None = None, hi: float | None = None, doc: str = "") -> Any:
+    return field(default=default, metadata={"lo": lo, "hi": hi, "doc": doc})
+
+
+@dataclass
+class DataConfig:
+    events_uri: str = _f("out/demo/events", doc="root of the dt=YYYY-MM-DD event partitions")
+    catalog_uri: str = _f("out/demo/catalog", doc="item catalog (Parquet file or directory)")
+    lookback_days: int = _f(28, lo=1, doc="days of logs before the run date that are read")
+    history_len: int = _f(50, lo=2, hi=4096, doc="events per user kept as model input")
+    return_horizon_days: int = _f(7, lo=1, doc="horizon of the return prediction")
+
+
+@dataclass
+class TwoTowerConfig:
+    dim: int = _f(64, lo=4)
+    hidden: int = _f(128, lo=4)
+    temperature: float = _f(0.07, lo=1e-4)
+    num_negatives: int = _f(512, lo=1, doc="popularity-sampled negatives per batch (plus in-batch)")
+    positions_per_batch: int = _f(2048, lo=1, doc="training positions sampled per batch")
+
+
+@dataclass
+class SequenceConfig:
+    dim: int = _f(64, lo=4)
+    layers: int = _f(2, lo=1)
+    heads: int = _f(2, lo=1)
+    dropout: float = _f(0.2, lo=0.0, hi=0.9)
+    return_weight: float = _f(0.5, lo=0.0, doc="weight of the return loss")
+    category_weight: float = _f(0.2, lo=0.0, doc="weight of the next-category loss")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _f(8, lo=1)
+    batch_size: int = _f(128, lo=1)
+    lr: float = _f(2e-3, lo=0.0)
+    weight_decay: float = _f(1e-4, lo=0.0)
+    num_workers: int = _f(1, lo=1, doc="Ray Train workers (DDP ranks)")
+    cpus_per_worker: int = _f(1, lo=1)
+    use_gpu: Literal["auto", "yes", "no"] = _f("auto", doc="auto: use GPUs when the cluster has them")
+    seed: int = _f(0)
+    models: str = _f("two_tower,sequence", doc="comma-separated models to train")
+
+
+@dataclass
+class ScoreConfig:
+    top_k: int = _f(50, lo=1)
+    batch_size: int = _f(512, lo=1, doc="users per map_batches call")
+    concurrency: int = _f(1, lo=1, doc="scoring actors (one per GPU on a GPU cluster)")
+    num_cpus: float = _f(1.0, lo=0.0, doc="CPUs per scoring actor")
+    exclude_seen: bool = _f(True, doc="mask items already in the user's history")
+    recommender: Literal["sequence", "two_tower"] = _f("sequence", doc="model whose top-K is written")
+    item_chunk: int = _f(65536, lo=1, doc="items scored per matrix product (bounds memory)")
+    shuffle_partitions: int = _f(4, lo=1, doc="hash partitions of the user group-by")
+    precision: Literal["fp32", "bf16", "fp16"] = _f("fp32", doc="score matmul precision")
+    rows_per_file: int = _f(200_000, lo=1, doc="users per output file (few large files per day)")
+
+
+@dataclass
+class EvalConfig:
+    k: int = _f(10, lo=1)
+    enabled: bool = _f(True)
+
+
+@dataclass
+class OutputConfig:
+    uri: str = _f("out/demo/scores", doc="root of the committed outputs")
+    models_uri: str = _f("out/demo/models", doc="model checkpoints")
+
+
+@dataclass
+class RayConfig:
+    address: Optional[str] = _f(None, doc="Ray address; None starts or joins a local Ray")
+    num_cpus: Optional[int] = _f(None, lo=1, doc="CPUs for a local Ray started by raymedia")
+    progress_bars: bool = _f(True)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    two_tower: TwoTowerConfig = field(default_factory=TwoTowerConfig)
+    sequence: SequenceConfig = field(default_factory=SequenceConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def hash(self) -> str:
+        """Stable digest of every knob, recorded in commits so outputs name their config."""
+        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def model_names(self) -> list[str]:
+        return [m.strip() for m in self.train.models.split(",") if m.strip()]
+
+
+def _check(value: Any, tp: Any, name: str) -> Any:
+    """Coerce/check one value against its annotated type."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _check(value, args[0], name)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{name} must be one of {list(choices)}, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{name} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{name} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{name} must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{name}: unsupported type {tp}")
+
+
+def _build(cls: type, data: dict, prefix: str = "") -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise ConfigError(f"unknown config field(s): {', '.join(prefix + u for u in sorted(unknown))}"
+                          f" (known: {', '.join(sorted(fields))})")
+    kwargs = {}
+    for name, f in fields.items():
+        full = prefix + name
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, data.get(name, {}), full + ".")
+            continue
+        value = data.get(name, f.default if f.default is not dataclasses.MISSING else None)
+        value = _check(value, tp, full)
+        lo, hi = f.metadata.get("lo"), f.metadata.get("hi")
+        if value is not None and lo is not None and value < lo:
+            raise ConfigError(f"{full} must be >= {lo}, got {value!r}")
+        if value is not None and hi is not None and value > hi:
+            raise ConfigError(f"{full} must be <= {hi}, got {value!r}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _cross_checks(cfg: Config) -> None:
+    if cfg.sequence.dim % cfg.sequence.heads:
+        raise ConfigError(f"sequence.dim ({cfg.sequence.dim}) must be divisible by "
+                          f"sequence.heads ({cfg.sequence.heads})")
+    unknown = set(cfg.model_names()) - {"two_tower", "sequence"}
+    if unknown:
+        raise ConfigError(f"train.models has unknown model(s) {sorted(unknown)}; "
+                          "choose from two_tower, sequence")
+
+
+def from_dict(data: dict) -> Config:
+    cfg = _build(Config, data)
+    _cross_checks(cfg)
+    return cfg
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``section.field=value`` overrides (values parsed as YAML scalars)."""
+    data = json.loads(json.dumps(data))
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like section.field=value")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key!r}: {p} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+    return data
+
+
+def load(path: str | None = None, overrides: list[str] | None = None) -> Config:
+    """Config from an optional YAML file plus overrides; defaults for the rest."""
+    data: dict = {}
+    if path:
+        from raymedia import storage
+        try:
+            data = yaml.safe_load(storage.read_bytes(path)) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    return from_dict(apply_overrides(data, overrides or []))
+
+
+def dump(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -1,0 +1,97 @@
+"""Item vocabulary: item ids <-> contiguous indices, saved with every model.
+
+Index 0 is padding; items are indices 1..n. Scoring uses exactly the mapping a
+model was trained with; ids the vocabulary does not know map to 0 and are
+counted and skipped. Stored as Parquet (no pickle).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from raymedia import storage
+
+
+@dataclass
+class Vocab:
+    item_ids: pa.Array            # item_ids[i] has index i + 1
+    item_category: np.ndarray     # (n + 1,) int64 category index per item index, 0 = unknown
+    categories: list[str]         # category names; category index c is categories[c - 1]
+    popularity: np.ndarray        # (n + 1,) float64 interaction counts in the training data
+
+    @property
+    def size(self) -> int:
+        """Number of indices including padding."""
+        return len(self.item_ids) + 1
+
+    @property
+    def num_categories(self) -> int:
+        return len(self.categories) + 1
+
+    def lookup(self, ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """Indices of ids; 0 where the vocabulary does not know the id."""
+        idx = pc.index_in(ids, value_set=self.item_ids)
+        return pc.fill_null(pc.add(idx, 1), 0).to_numpy().astype(np.int64)
+
+    def ids(self, indices: np.ndarray) -> pa.Array:
+        """Original item ids (type kept) of indices >= 1."""
+        return self.item_ids.take(pa.array(np.asarray(indices, dtype=np.int64) - 1))
+
+    def category_names(self, cat_indices: np.ndarray) -> pa.Array:
+        names = pa.array(["unknown", *self.categories])
+        return names.take(pa.array(np.asarray(cat_indices, dtype=np.int64)))
+
+    def digest(self) -> str:
+        """Identity of the mapping; models trained together must share it."""
+        h = hashlib.sha256()
+        for s in self.item_ids.cast(pa.string()).to_pylist():
+            h.update(s.encode() + b"\0")
+        return h.hexdigest()[:16]
+
+    def to_table(self) -> pa.Table:
+        cats = self.category_names(self.item_category[1:])
+        return pa.table({"item_id": self.item_ids, "category": cats,
+                         "popularity": pa.array(self.popularity[1:])})
+
+    def save(self, uri: str) -> None:
+        fs, path = storage.resolve(uri)
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        pq.write_table(self.to_table(), path, filesystem=fs)
+
+    @classmethod
+    def from_table(cls, t: pa.Table) -> "Vocab":
+        cats = sorted(set(c for c in t["category"].to_pylist() if c and c != "unknown"))
+        cat_index = {c: i + 1 for i, c in enumerate(cats)}
+        item_cat = np.zeros(t.num_rows + 1, dtype=np.int64)
+        item_cat[1:] = [cat_index.get(c, 0) for c in t["category"].to_pylist()]
+        pop = np.zeros(t.num_rows + 1)
+        pop[1:] = t["popularity"].to_numpy()
+        return cls(t["item_id"].combine_chunks(), item_cat, cats, pop)
+
+    @classmethod
+    def load(cls, uri: str) -> "Vocab":
+        fs, path = storage.resolve(uri)
+        return cls.from_table(pq.read_table(path, filesystem=fs))
+
+    @classmethod
+    def build(cls, catalog: pa.Table, log_item_ids: pa.Array) -> "Vocab":
+        """Catalog items (sorted) then items seen only in the logs (sorted, category unknown)."""
+        cat_ids = pc.unique(catalog["item_id"]).sort()
+        log_ids = pc.unique(log_item_ids.cast(cat_ids.type))
+        extra = pc.filter(log_ids, pc.invert(pc.is_in(log_ids, value_set=cat_ids))).sort()
+        ids = pa.concat_arrays([cat_ids.combine_chunks() if isinstance(cat_ids, pa.ChunkedArray)
+                                else cat_ids, extra])
+        categories = pc.fill_null(catalog["category"], "unknown")
+        t = pa.table({"item_id": ids,
+                      "category": pa.concat_arrays([
+                          categories.combine_chunks().take(
+                              pc.index_in(cat_ids, value_set=catalog["item_id"].combine_chunks())),
+                          pa.nulls(len(extra), pa.string()).fill_null("unknown")]),
+                      "popularity": np.zeros(len(ids))})
+        return cls.from_table(t)

@@ -1,0 +1,163 @@
+"""One run for day D, as data flowing: read -> histories -> train -> score -> write ->
+evaluate -> commit. The jobs and the CLI are thin wrappers over ``run_day``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+
+import ray
+
+from raymedia import checkpoint, storage
+from raymedia.config import Config
+from raymedia.data import read
+from raymedia.data.vocab import Vocab
+from raymedia.evaluate import evaluate
+from raymedia.score import Scorer, write_batch
+from raymedia.train import train
+
+log = logging.getLogger(__name__)
+MODEL_KINDS = ("two_tower", "sequence")
+
+
+def init_ray(cfg: Config) -> None:
+    """Join the configured cluster (or the one ``ray job submit`` runs us on), else start one."""
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+        ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus,
+                 logging_level=logging.WARNING, include_dashboard=False,
+                 configure_logging=True, log_to_driver=True)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = cfg.ray.progress_bars
+    ctx.print_on_execution_start = False
+
+
+@dataclass
+class RunResult:
+    dt: str
+    run_id: str
+    commit_uri: str
+    model_uris: dict[str, str]
+    metrics: dict
+    counts: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+@contextmanager
+def _timed(seconds: dict, stage: str):
+    t0 = time.perf_counter()
+    log.info("stage %s ...", stage)
+    yield
+    seconds[stage] = round(time.perf_counter() - t0, 2)
+    log.info("stage %s done in %.1fs", stage, seconds[stage])
+
+
+@dataclass
+class Inputs:
+    """What the read stages produce for a day: the histories and their vocabulary."""
+    day: dt.date
+    partitions: list[str]
+    vocab: Vocab
+    histories: ray.data.Dataset
+
+
+def prepare(cfg: Config, day: dt.date, new_vocab: bool, secs: dict) -> Inputs:
+    """Read the window before ``day`` and build each user's history.
+
+    ``new_vocab`` builds the vocabulary from catalog + logs (training);
+    otherwise the latest model's vocabulary is used, as scoring must.
+    """
+    init_ray(cfg)
+    days = read.window(day, cfg.data.lookback_days)
+    with _timed(secs, "read"):
+        partitions = read.event_partitions(cfg.data.events_uri, days)
+        events = read.read_events(cfg.data.events_uri, days)
+    with _timed(secs, "vocabulary"):
+        if new_vocab:
+            vocab = Vocab.build(read.read_catalog(cfg.data.catalog_uri), read.distinct_items(events))
+        else:
+            vocab = Vocab.load(storage.join(checkpoint.latest(cfg.output.models_uri, "sequence"),
+                                            checkpoint.VOCAB))
+    with _timed(secs, "histories"):
+        # one extra event so evaluation can hold the last one out and keep history_len inputs
+        histories = read.build_histories(events, vocab, cfg.data.history_len + 1,
+                                         cfg.score.shuffle_partitions, cfg.data.events_uri).materialize()
+    return Inputs(day, partitions, vocab, histories)
+
+
+def train_all(cfg: Config, inputs: Inputs, run_id: str, secs: dict) -> dict[str, str]:
+    """Train the configured models on the inputs; returns the published model URIs."""
+    with _timed(secs, "train"):
+        inputs.vocab.popularity = read.item_counts(inputs.histories, inputs.vocab.size, holdout_last=True)
+        version = f"{inputs.day:%Y%m%d}-{run_id}"
+        return {kind: train(kind, cfg, inputs.histories, inputs.vocab, inputs.day, version)
+                for kind in cfg.model_names()}
+
+
+def train_day(cfg: Config, day: dt.date) -> dict[str, str]:
+    """Train only (``jobs/train.py``)."""
+    secs: dict[str, float] = {}
+    return train_all(cfg, prepare(cfg, day, True, secs), storage.new_run_id(), secs)
+
+
+def run_day(cfg: Config, day: dt.date, train_models: bool = True, run_id: str | None = None) -> RunResult:
+    """Score every user active in the look-back window before ``day`` and commit day ``day``."""
+    run_id = run_id or storage.new_run_id()
+    secs: dict[str, float] = {}
+    inputs = prepare(cfg, day, train_models, secs)
+    model_uris = train_all(cfg, inputs, run_id, secs) if train_models else {}
+    for kind in MODEL_KINDS:
+        model_uris.setdefault(kind, checkpoint.latest(cfg.output.models_uri, kind))
+    day_uri = storage.partition(cfg.output.uri, day)
+    run_uri = storage.join(day_uri, f"run={run_id}")
+    generated_at = dt.datetime.now(dt.timezone.utc).isoformat()
+    versions = {k: storage.read_json(storage.join(u, checkpoint.META))["version"]
+                for k, u in model_uris.items()}
+    gpu = ray.cluster_resources().get("GPU", 0) > 0
+    with _timed(secs, "score"):
+        scored = inputs.histories.map_batches(
+            Scorer, fn_constructor_kwargs={"model_uris": model_uris, "cfg": cfg, "asof": day.isoformat()},
+            batch_size=cfg.score.batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=cfg.score.concurrency),
+            num_cpus=cfg.score.num_cpus, num_gpus=1 if gpu else 0)
+        written = scored.map_batches(
+            write_batch, batch_size=cfg.score.rows_per_file, batch_format="pyarrow",
+            fn_kwargs={"run_uri": run_uri, "model_version": versions[cfg.score.recommender],
+                       "generated_at": generated_at}).take_all()
+    files: dict[str, list[str]] = {}
+    rows: dict[str, int] = {}
+    for w in written:
+        files.setdefault(w["table"], []).append(f"run={run_id}/{w['file']}")
+        rows[w["table"]] = rows.get(w["table"], 0) + int(w["rows"])
+    metrics: dict = {}
+    if cfg.eval.enabled:
+        with _timed(secs, "evaluate"):
+            metrics = evaluate(inputs.histories, model_uris, cfg, day.isoformat())
+            storage.write_json(storage.join(run_uri, "metrics.json"), metrics)
+            files["metrics"] = [f"run={run_id}/metrics.json"]
+    _remove_unlisted(run_uri, day_uri, files)
+    c = storage.Commit(dt=day.isoformat(), run_id=run_id, files={k: sorted(v) for k, v in files.items()},
+                       rows=rows, model_versions=versions, input_partitions=inputs.partitions,
+                       config_hash=cfg.hash(), created_at=generated_at)
+    with _timed(secs, "commit"):
+        commit_uri = storage.commit(cfg.output.uri, c)
+    counts = {"users_scored": rows.get("recommendations", 0), "vocab_items": inputs.vocab.size - 1,
+              "input_partitions": len(inputs.partitions)}
+    return RunResult(day.isoformat(), run_id, commit_uri, model_uris, metrics, counts, secs)
+
+
+def _remove_unlisted(run_uri: str, day_uri: str, files: dict[str, list[str]]) -> None:
+    """Delete files a retried batch left behind, so the run holds exactly what it commits."""
+    listed = {storage.join(day_uri, f) for fs in files.values() for f in fs}
+    for uri in storage.list_files(run_uri):
+        if uri not in listed:
+            log.info("removing unlisted file %s", uri)
+            fs, path = storage.resolve(uri)
+            fs.delete_file(path)
+
+
+def summary_dict(result: RunResult) -> dict:
+    return asdict(result)

@@ -1,0 +1,132 @@
+"""Data contracts (Arrow schemas) and their validation.
+
+Every table that crosses a module or storage boundary is checked here, so a
+broken input fails with a message naming the column instead of deep inside
+a model.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+# Event types in increasing order of engagement. The code is the index + 1
+# (0 is padding in model inputs); the weight says how much an event tells
+# about taste, used when pooling histories.
+EVENT_TYPES: tuple[str, ...] = ("impression", "click", "play", "complete", "like", "share")
+EVENT_CODE: dict[str, int] = {name: i + 1 for i, name in enumerate(EVENT_TYPES)}
+EVENT_WEIGHT: dict[str, float] = {
+    "impression": 0.0, "click": 0.5, "play": 1.0, "complete": 1.5, "like": 2.0, "share": 2.0,
+}
+NUM_EVENT_CODES = len(EVENT_TYPES) + 1
+
+TS_TYPE = pa.timestamp("us", tz="UTC")
+ID_TYPES = (pa.int64(), pa.string())
+
+EVENTS = pa.schema([
+    pa.field("user_id", pa.int64(), nullable=False),
+    pa.field("item_id", pa.int64(), nullable=False),
+    pa.field("event", pa.string(), nullable=False),
+    pa.field("ts", TS_TYPE, nullable=False),
+    pa.field("dwell_s", pa.float32(), nullable=True),
+])
+CATALOG = pa.schema([
+    pa.field("item_id", pa.int64(), nullable=False),
+    pa.field("title", pa.string()),
+    pa.field("category", pa.string()),
+    pa.field("published_at", TS_TYPE),
+    pa.field("available", pa.bool_()),
+])
+RECOMMENDATIONS = pa.schema([
+    pa.field("user_id", pa.int64(), nullable=False),
+    pa.field("items", pa.list_(pa.int64())),
+    pa.field("scores", pa.list_(pa.float32())),
+    pa.field("model_version", pa.string()),
+    pa.field("generated_at", TS_TYPE),
+])
+PREDICTIONS = pa.schema([
+    pa.field("user_id", pa.int64(), nullable=False),
+    pa.field("p_return_7d", pa.float32()),
+    pa.field("next_category", pa.string()),
+    pa.field("n_events", pa.int32()),
+    pa.field("model_version", pa.string()),
+])
+
+
+class ContractError(ValueError):
+    """Input that breaks a data contract structurally (missing column, bad type)."""
+
+
+def id_type(t: pa.DataType) -> pa.DataType:
+    """Ids are int64 or string; narrower ints widen, large_string narrows."""
+    if pa.types.is_integer(t):
+        return pa.int64()
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return pa.string()
+    raise ContractError(f"id columns must be integer or string, got {t}")
+
+
+def with_id_types(schema: pa.Schema, user_type: pa.DataType | None = None,
+                  item_type: pa.DataType | None = None) -> pa.Schema:
+    """The contract schema with the id types of the input (outputs keep them)."""
+    def swap(f: pa.Field) -> pa.Field:
+        t = {"user_id": user_type, "item_id": item_type}.get(f.name)
+        if f.name == "items" and item_type is not None:
+            return f.with_type(pa.list_(item_type))
+        return f.with_type(t) if t is not None else f
+    return pa.schema([swap(f) for f in schema])
+
+
+def conform(table: pa.Table, schema: pa.Schema, source: str = "input") -> pa.Table:
+    """Select and cast the contract's columns, in contract order.
+
+    Id columns keep their own type (int64 or string); other columns are cast.
+    Raises ContractError naming the source and column when a required column
+    is missing or cannot be cast.
+    """
+    columns = []
+    for field in schema:
+        if field.name not in table.column_names:
+            if field.nullable and field.name not in ("user_id", "item_id"):
+                columns.append(pa.nulls(table.num_rows, field.type))
+                continue
+            raise ContractError(
+                f"{source}: missing required column '{field.name}' "
+                f"(has: {', '.join(table.column_names)})")
+        col = table.column(field.name)
+        target = id_type(col.type) if field.name in ("user_id", "item_id") else field.type
+        if field.name == "ts" and pa.types.is_timestamp(col.type) and col.type.tz is None:
+            col = pc.assume_timezone(col, "UTC")
+        try:
+            columns.append(col.cast(target))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise ContractError(
+                f"{source}: column '{field.name}' of type {col.type} cannot be read as "
+                f"{target}: {exc}") from exc
+    return pa.Table.from_arrays(columns, names=schema.names)
+
+
+def reject_reasons(events: pa.Table) -> pa.Array:
+    """Per row, why it breaks the events contract (null where it is valid).
+
+    Checked in order; the first failing rule names the row's reason.
+    """
+    rules = [
+        ("null_user_id", pc.is_null(events["user_id"])),
+        ("null_item_id", pc.is_null(events["item_id"])),
+        ("null_ts", pc.is_null(events["ts"])),
+        ("unknown_event", pc.invert(pc.fill_null(
+            pc.is_in(events["event"], value_set=pa.array(EVENT_TYPES)), False))),
+        ("negative_dwell", pc.fill_null(pc.less(events["dwell_s"], 0), False)),
+    ]
+    reason = pa.nulls(events.num_rows, pa.string())
+    for name, bad in reversed(rules):
+        reason = pc.if_else(pc.fill_null(bad, False), pa.scalar(name), reason)
+    return reason
+
+
+def split_valid(events: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """(valid rows, rejected rows with a `reason` column); together they are the input."""
+    reason = reject_reasons(events)
+    bad = pc.is_valid(reason)
+    return events.filter(pc.invert(bad)), events.filter(bad).append_column("reason", reason.filter(bad))

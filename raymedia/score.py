@@ -1,0 +1,183 @@
+"""Batch scoring with Ray Data: an actor pool holding the models.
+
+``histories.map_batches(Scorer, concurrency=n, num_gpus=...)``: each actor
+loads both models once, precomputes the item matrices, and per batch computes
+user vectors, scores items with one matrix product per item chunk (running
+top-K bounds memory by batch x chunk), masks seen items and returns top-K plus
+predictions.
+
+Top-K is exact and deterministic: each score becomes an int64 key (the
+order-preserving bits of the float32 score, then the inverted item index), so
+keys are unique and ties always break toward the lower item index whatever
+the kernel does. A batch Ray re-runs gives the same rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from raymedia import checkpoint, features, schema, storage
+from raymedia.config import Config
+
+log = logging.getLogger(__name__)
+_LOW = 0xFFFFFFFF
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def score_keys(scores: torch.Tensor, first_index: int) -> torch.Tensor:
+    """Unique, order-preserving int64 keys for float scores of items first_index.. ."""
+    bits = scores.float().contiguous().view(torch.int32).long()
+    ordered = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
+    idx = torch.arange(first_index, first_index + scores.shape[1], device=scores.device)
+    return (ordered << 32) | (_LOW - idx)
+
+
+def decode_keys(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores float32, item indices) from keys."""
+    idx = _LOW - (keys & _LOW)
+    hi = (keys >> 32).to(torch.int32)
+    bits = torch.where(hi >= 0, hi, hi ^ 0x7FFFFFFF)
+    return bits.view(torch.float32), idx
+
+
+def _mask_seen(scores: torch.Tensor, seen: torch.Tensor | None, start: int) -> None:
+    if start == 0:
+        scores[:, 0] = float("-inf")        # padding index is never an item
+    if seen is None:
+        return
+    local = seen - start
+    inside = (seen > 0) & (local >= 0) & (local < scores.shape[1])
+    rows = torch.nonzero(inside)[:, 0]
+    scores[rows, local[inside]] = float("-inf")
+
+
+def chunked_scores(users: torch.Tensor, items: torch.Tensor, chunk: int, seen: torch.Tensor | None):
+    """Yield (first item index, masked float32 scores) per item chunk."""
+    for start in range(0, items.shape[0], chunk):
+        s = (users @ items[start:start + chunk].T).float()
+        _mask_seen(s, seen, start)
+        yield start, s
+
+
+def topk(users: torch.Tensor, items: torch.Tensor, k: int, chunk: int,
+         seen: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact running top-K over item chunks: (scores (B, k'), indices (B, k'))."""
+    best = None
+    for start, s in chunked_scores(users, items, chunk, seen):
+        keys = score_keys(s, start)
+        if best is not None:
+            keys = torch.cat([best, keys], 1)
+        best = torch.topk(keys, min(k, keys.shape[1]), dim=1, sorted=True).values
+    return decode_keys(best)
+
+
+def target_ranks(users: torch.Tensor, items: torch.Tensor, target: torch.Tensor, chunk: int,
+                 seen: torch.Tensor | None) -> torch.Tensor:
+    """0-based rank of each target under the same ordering as ``topk``; -1 if masked."""
+    rows = torch.arange(len(target), device=users.device)
+    tkey = torch.empty(len(target), dtype=torch.long, device=users.device)
+    for start, s in chunked_scores(users, items, chunk, seen):
+        inside = (target >= start) & (target < start + s.shape[1])
+        keys = score_keys(s, start)
+        tkey[inside] = keys[rows[inside], target[inside] - start]
+    rank = torch.zeros(len(target), dtype=torch.long, device=users.device)
+    for start, s in chunked_scores(users, items, chunk, seen):
+        rank += (score_keys(s, start) > tkey.unsqueeze(1)).sum(1)
+    masked = decode_keys(tkey)[0] == float("-inf")
+    return torch.where(masked, torch.full_like(rank, -1), rank)
+
+
+class _Models:
+    """Both models loaded once per actor, on the GPU when the actor has one."""
+
+    def __init__(self, model_uris: dict[str, str], cfg: Config, asof: str):
+        self.cfg = cfg
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        torch.set_num_threads(max(1, int(cfg.score.num_cpus)))
+        self.models = {k: checkpoint.load(u, self.device) for k, u in model_uris.items()}
+        digests = {m.meta["vocab_digest"] for m in self.models.values()}
+        if len(digests) != 1:
+            raise ValueError(f"models {sorted(model_uris)} were trained with different vocabularies")
+        self.vocab = next(iter(self.models.values())).vocab
+        self.dtype = _DTYPES[cfg.score.precision]
+        with torch.inference_mode():
+            self.items = {k: m.model.item_matrix().to(self.dtype) for k, m in self.models.items()}
+        self.asof_us = int(dt.datetime.combine(dt.date.fromisoformat(asof), dt.time(),
+                                               dt.timezone.utc).timestamp() * 1_000_000)
+        self.horizon_us = cfg.data.return_horizon_days * 86_400_000_000
+        self.versions = {k: m.meta["version"] for k, m in self.models.items()}
+
+    def inputs(self, batch: pa.Table, mode: str) -> tuple[pa.Table, dict[str, torch.Tensor]]:
+        kept, arrays = features.batch_inputs(batch, mode, self.cfg.data.history_len,
+                                             self.asof_us, self.horizon_us)
+        return kept, {k: torch.as_tensor(v, device=self.device) for k, v in arrays.items()}
+
+    def user_vectors(self, kind: str, x: dict) -> torch.Tensor:
+        return self.models[kind].model.user_vectors(x).to(self.dtype)
+
+
+class Scorer(_Models):
+    """Callable class for ``map_batches``: history rows -> recommendations + predictions."""
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        kept, x = self.inputs(batch, "score")
+        rec = self.cfg.score.recommender
+        seen = x["items"] if self.cfg.score.exclude_seen else None
+        with torch.inference_mode():
+            scores, idx = topk(self.user_vectors(rec, x), self.items[rec], self.cfg.score.top_k,
+                               self.cfg.score.item_chunk, seen)
+            seq = self.models["sequence"].model
+            h = seq.user_states(x)
+            p_return = torch.sigmoid(seq.return_logit(h, x)).float()
+            next_cat = seq.category_head(seq.user_vectors(x, h))[:, 1:].argmax(1) + 1
+        scores, idx = scores.cpu().numpy(), idx.cpu().numpy()
+        valid = np.isfinite(scores)          # fewer than K unmasked items: shorter list
+        lengths = valid.sum(1)
+        offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+        return pa.table({
+            "user_id": kept["user_id"],
+            "items": pa.ListArray.from_arrays(offsets, self.vocab.ids(idx[valid])),
+            "scores": pa.ListArray.from_arrays(offsets, pa.array(scores[valid], pa.float32())),
+            "p_return_7d": pa.array(p_return.cpu().numpy(), pa.float32()),
+            "next_category": self.vocab.category_names(next_cat.cpu().numpy()),
+            "n_events": kept["n_events"],
+        })
+
+
+def write_batch(batch: pa.Table, run_uri: str, model_version: str, generated_at: str) -> pa.Table:
+    """Write one batch as a recommendations file and a predictions file; return their names.
+
+    Files get fresh names, so a batch Ray retries never clobbers another; only
+    the files reported back here are committed, and the rest are removed.
+    """
+    ts = pa.scalar(dt.datetime.fromisoformat(generated_at), schema.TS_TYPE)
+    n = batch.num_rows
+    version = pa.array([model_version] * n)
+    tables = {
+        "recommendations": pa.table({"user_id": batch["user_id"], "items": batch["items"],
+                                     "scores": batch["scores"], "model_version": version,
+                                     "generated_at": pa.array([ts.value] * n, schema.TS_TYPE)}),
+        "predictions": pa.table({"user_id": batch["user_id"], "p_return_7d": batch["p_return_7d"],
+                                 "next_category": batch["next_category"],
+                                 "n_events": batch["n_events"], "model_version": version}),
+    }
+    name = f"part-{uuid.uuid4().hex}.parquet"
+    fs, root = storage.resolve(run_uri)
+    out = {"table": [], "file": [], "rows": []}
+    for table, t in tables.items():
+        contract = {"recommendations": schema.RECOMMENDATIONS, "predictions": schema.PREDICTIONS}[table]
+        t = t.cast(schema.with_id_types(contract, t["user_id"].type,
+                                        t["items"].type.value_type if table == "recommendations" else None))
+        fs.create_dir(f"{root}/{table}", recursive=True)
+        pq.write_table(t, f"{root}/{table}/{name}", filesystem=fs)
+        out["table"].append(table)
+        out["file"].append(f"{table}/{name}")
+        out["rows"].append(n)
+    return pa.table(out)

@@ -1,0 +1,138 @@
+"""One training loop for both models, run by Ray Train's ``TorchTrainer``.
+
+The driver hands the training rows in as a Ray Dataset; each worker reads its
+shard with ``get_dataset_shard`` and trains a DDP-wrapped model
+(``prepare_model``; CUDA when the cluster has GPUs, gloo on CPU). Rank 0
+reports a checkpoint every epoch, so a restarted run resumes from the latest
+one. The finished checkpoint is published to the model registry.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import tempfile
+import time
+
+import numpy as np
+import pyarrow as pa
+import ray
+import torch
+
+from raymedia import checkpoint, features, models, storage
+from raymedia.config import Config
+from raymedia.data.vocab import Vocab
+
+log = logging.getLogger(__name__)
+OPTIMIZER = "optimizer.pt"
+
+
+def use_gpu(cfg: Config) -> bool:
+    if cfg.train.use_gpu == "auto":
+        return ray.cluster_resources().get("GPU", 0) > 0
+    return cfg.train.use_gpu == "yes"
+
+
+def training_rows(histories: ray.data.Dataset, cfg: Config, asof_us: int) -> ray.data.Dataset:
+    """History rows -> padded training sequences (last event held out for evaluation)."""
+    def rows(batch: pa.Table) -> dict[str, np.ndarray]:
+        return features.batch_inputs(batch, "train", cfg.data.history_len, asof_us,
+                                     cfg.data.return_horizon_days * 86_400_000_000)[1]
+    return histories.map_batches(rows, batch_format="pyarrow")
+
+
+def _loop(config: dict) -> None:
+    """Per-worker training loop (runs inside a Ray Train worker)."""
+    import ray.train
+    import ray.train.torch
+
+    rank = ray.train.get_context().get_world_rank()
+    torch.manual_seed(config["seed"] + rank)
+    torch.set_num_threads(config["threads"])
+    vocab = Vocab.from_table(config["vocab"])
+    meta = config["meta"]
+    model = models.build(meta["kind"], meta["kwargs"], vocab.size, vocab.num_categories,
+                         meta["max_len"], torch.as_tensor(vocab.item_category),
+                         torch.as_tensor(vocab.popularity))
+    opt = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
+    start, history = 0, []
+    resume = ray.train.get_checkpoint()
+    if resume:
+        with resume.as_directory() as d:
+            state = torch.load(os.path.join(d, checkpoint.WEIGHTS), weights_only=True)
+            model.load_state_dict({k: v for k, v in state.items() if not k.startswith("__")})
+            opt.load_state_dict(torch.load(os.path.join(d, OPTIMIZER), weights_only=True))
+            start = int(state["__epoch"]) + 1
+            history = storage.read_json(os.path.join(d, checkpoint.META))["history"]
+    model = ray.train.torch.prepare_model(model)
+    device = ray.train.torch.get_device()
+    shard = ray.train.get_dataset_shard("train")
+    for epoch in range(start, config["epochs"]):
+        model.train()
+        t0, wait, losses = time.perf_counter(), 0.0, []
+        t_fetch = time.perf_counter()
+        for batch in shard.iter_torch_batches(batch_size=config["batch_size"], device=device,
+                                              local_shuffle_buffer_size=4 * config["batch_size"],
+                                              local_shuffle_seed=config["seed"] + epoch):
+            wait += time.perf_counter() - t_fetch
+            out = model(batch)
+            opt.zero_grad(set_to_none=True)
+            out["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            losses.append(float(out["loss"].detach()))
+            t_fetch = time.perf_counter()
+        elapsed = time.perf_counter() - t0
+        metrics = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
+                   "batches": len(losses), "seconds": elapsed, "data_wait_s": wait}
+        history.append(metrics)
+        with tempfile.TemporaryDirectory() as d:
+            ckpt = None
+            if rank == 0:
+                inner = model.module if hasattr(model, "module") else model
+                checkpoint.save_dir(d, inner, {**meta, "history": history}, vocab,
+                                    extra={"epoch": torch.tensor(epoch)})
+                torch.save(opt.state_dict(), os.path.join(d, OPTIMIZER))
+                ckpt = ray.train.Checkpoint.from_directory(d)
+            ray.train.report(metrics, checkpoint=ckpt)
+
+
+def train(kind: str, cfg: Config, histories: ray.data.Dataset, vocab: Vocab, asof: dt.date,
+          version: str) -> str:
+    """Train one model on the histories; returns the published model URI."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    asof_us = int(dt.datetime.combine(asof, dt.time(), dt.timezone.utc).timestamp() * 1_000_000)
+    meta = {"kind": kind, "version": version, "kwargs": models.model_kwargs(kind, cfg),
+            "max_len": cfg.data.history_len, "vocab_digest": vocab.digest(),
+            "trained_asof": asof.isoformat(), "config_hash": cfg.hash()}
+    train_root = storage.join(cfg.output.models_uri, "_ray_train")
+    fs, path = storage.resolve(train_root)
+    fs.create_dir(path, recursive=True)
+    gpu = use_gpu(cfg)
+    trainer = TorchTrainer(
+        _loop,
+        train_loop_config={
+            "meta": meta, "vocab": vocab.to_table(), "epochs": cfg.train.epochs,
+            "batch_size": cfg.train.batch_size, "lr": cfg.train.lr,
+            "weight_decay": cfg.train.weight_decay, "seed": cfg.train.seed,
+            "threads": cfg.train.cpus_per_worker,
+        },
+        scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=gpu,
+                                     resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
+        datasets={"train": training_rows(histories, cfg, asof_us)},
+        run_config=RunConfig(
+            name=f"{kind}-{version}", storage_path=path,
+            storage_filesystem=None if storage.is_local(train_root) else fs,
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            failure_config=FailureConfig(max_failures=2)),
+    )
+    log.info("training %s (%d worker(s), gpu=%s, %d epochs)", kind, cfg.train.num_workers, gpu,
+             cfg.train.epochs)
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError(f"training {kind} produced no checkpoint: {result.error}")
+    with result.checkpoint.as_directory() as d:
+        return checkpoint.publish(d, cfg.output.models_uri, kind, version)
