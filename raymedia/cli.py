@@ -28,8 +28,8 @@ def _date(s: str) -> dt.date:
         raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {s!r}") from None
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="raymedia", description=__doc__)
+def parser(prog: str = "raymedia") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="generate data, train both models, score, commit, evaluate")
@@ -47,6 +47,7 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--out", required=True, help="output root URI (events/ and catalog/ go under it)")
     g.add_argument("--start", type=_date, default=dt.date(2026, 1, 5))
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--overwrite", action="store_true", help="replace events already under --out")
 
     for name, helptext in (("run", "nightly run for one day: train (optional), score, commit, evaluate"),
                            ("train", "train the models on the window before a day"),
@@ -125,14 +126,15 @@ def demo(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "raymedia") -> int:
+    args = parser(prog).parse_args(argv)
     _quiet_logs()
     try:
         if args.command == "generate":
             from raymedia.data.generate import GeneratorConfig, generate
             s = generate(GeneratorConfig(users=args.users, items=args.items, days=args.days,
-                                         start=args.start, seed=args.seed), args.out)
+                                         start=args.start, seed=args.seed), args.out,
+                         overwrite=args.overwrite)
             print(json.dumps(s.__dict__, indent=2, default=str))
             return 0
         if args.command == "demo":
@@ -142,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             print(config_mod.dump(cfg), end="")
             return 0
         return _run(cfg, args)
-    except (config_mod.ConfigError, ValueError, FileNotFoundError) as exc:
+    except (config_mod.ConfigError, ValueError, FileNotFoundError, FileExistsError) as exc:
         print(f"raymedia: error: {exc}", file=sys.stderr)
         return 2
 

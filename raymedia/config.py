@@ -58,8 +58,8 @@ class SequenceConfig:
 @dataclass
 class TrainConfig:
     epochs: int = _f(8, lo=1)
-    batch_size: int = _f(128, lo=1)
-    lr: float = _f(2e-3, lo=0.0)
+    batch_size: int = _f(64, lo=1, doc="sequences per step; small data needs many steps")
+    lr: float = _f(3e-3, lo=0.0)
     weight_decay: float = _f(1e-4, lo=0.0)
     num_workers: int = _f(1, lo=1, doc="Ray Train workers (DDP ranks)")
     cpus_per_worker: int = _f(1, lo=1)

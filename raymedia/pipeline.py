@@ -29,7 +29,7 @@ def init_ray(cfg: Config) -> None:
     if not ray.is_initialized():
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")
         ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus,
-                 logging_level=logging.WARNING, include_dashboard=False,
+                 logging_level=logging.WARNING, include_dashboard=None,
                  configure_logging=True, log_to_driver=True)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = cfg.ray.progress_bars
@@ -71,11 +71,10 @@ def prepare(cfg: Config, day: dt.date, new_vocab: bool, secs: dict) -> Inputs:
     ``new_vocab`` builds the vocabulary from catalog + logs (training);
     otherwise the latest model's vocabulary is used, as scoring must.
     """
+    partitions = read.event_partitions(cfg.data.events_uri, read.window(day, cfg.data.lookback_days))
     init_ray(cfg)
-    days = read.window(day, cfg.data.lookback_days)
     with _timed(secs, "read"):
-        partitions = read.event_partitions(cfg.data.events_uri, days)
-        events = read.read_events(cfg.data.events_uri, days)
+        events = read.read_events(cfg.data.events_uri, partitions)
     with _timed(secs, "vocabulary"):
         if new_vocab:
             vocab = Vocab.build(read.read_catalog(cfg.data.catalog_uri), read.distinct_items(events))

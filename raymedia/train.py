@@ -85,6 +85,7 @@ def _loop(config: dict) -> None:
             t_fetch = time.perf_counter()
         elapsed = time.perf_counter() - t0
         metrics = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
+                   "first_batch_loss": losses[0] if losses else float("nan"),
                    "batches": len(losses), "seconds": elapsed, "data_wait_s": wait}
         history.append(metrics)
         with tempfile.TemporaryDirectory() as d:
@@ -101,7 +102,7 @@ def _loop(config: dict) -> None:
 def train(kind: str, cfg: Config, histories: ray.data.Dataset, vocab: Vocab, asof: dt.date,
           version: str) -> str:
     """Train one model on the histories; returns the published model URI."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     asof_us = int(dt.datetime.combine(asof, dt.time(), dt.timezone.utc).timestamp() * 1_000_000)
@@ -127,11 +128,15 @@ def train(kind: str, cfg: Config, histories: ray.data.Dataset, vocab: Vocab, aso
             name=f"{kind}-{version}", storage_path=path,
             storage_filesystem=None if storage.is_local(train_root) else fs,
             checkpoint_config=CheckpointConfig(num_to_keep=2),
-            failure_config=FailureConfig(max_failures=2)),
+            failure_config=FailureConfig(max_failures=2),
+            logging_config=LoggingConfig(log_level="WARNING")),
     )
     log.info("training %s (%d worker(s), gpu=%s, %d epochs)", kind, cfg.train.num_workers, gpu,
              cfg.train.epochs)
     result = trainer.fit()
+    for h in result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else []:
+        log.info("%s epoch %d: loss %.4f (%.1fs, %.1fs waiting for data)", kind, h["epoch"], h["loss"],
+                 h["seconds"], h["data_wait_s"])
     if result.checkpoint is None:
         raise RuntimeError(f"training {kind} produced no checkpoint: {result.error}")
     with result.checkpoint.as_directory() as d:

@@ -451,14 +451,19 @@ def _run_chunks(cfg: GeneratorConfig, events_uri: str) -> int:
     return rows + sum(ray.get(pending))
 
 
-def generate(cfg: GeneratorConfig, out_uri: str) -> GenerateSummary:
+def generate(cfg: GeneratorConfig, out_uri: str, overwrite: bool = False) -> GenerateSummary:
     """Write the catalog and the Hive-partitioned events under ``out_uri``.
 
-    Any previous ``events/`` there is removed first, so partitions of an
-    earlier, larger run cannot mix with this one.
+    A previous generator output there (it has ``generate.json``) is replaced,
+    so partitions of an earlier, larger run cannot mix with this one; events
+    that this generator did not write are never deleted unless ``overwrite``.
     """
     catalog_uri = storage.join(out_uri, "catalog", "catalog.parquet")
     events_uri = storage.join(out_uri, "events")
+    generated = storage.exists(storage.join(out_uri, "generate.json"))
+    if storage.list_files(events_uri) and not (generated or overwrite):
+        raise FileExistsError(f"{events_uri} already holds events not written by the generator; "
+                              "choose another --out or pass --overwrite")
     fs, path = storage.resolve(catalog_uri)
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     pq.write_table(make_catalog(cfg), path, filesystem=fs)

@@ -33,8 +33,11 @@ def window(day: dt.date, lookback_days: int) -> list[dt.date]:
 
 
 def event_partitions(events_uri: str, days: list[dt.date]) -> list[str]:
-    """URIs of the day partitions that exist; missing days are logged, not fatal."""
+    """URIs of the day partitions that exist; missing days are logged, none at all is an error."""
     found = [p for p in (storage.partition(events_uri, d) for d in days) if storage.exists(p)]
+    if not found:
+        raise FileNotFoundError(
+            f"no event partitions for {days[0]}..{days[-1]} under {events_uri}")
     missing = len(days) - len(found)
     if missing:
         log.warning("%d of %d days in the window have no event partition under %s",
@@ -42,13 +45,10 @@ def event_partitions(events_uri: str, days: list[dt.date]) -> list[str]:
     return found
 
 
-def read_events(events_uri: str, days: list[dt.date]) -> ray.data.Dataset:
-    paths = event_partitions(events_uri, days)
-    if not paths:
-        raise FileNotFoundError(
-            f"no event partitions for {days[0]}..{days[-1]} under {events_uri}")
+def read_events(events_uri: str, partitions: list[str]) -> ray.data.Dataset:
+    """Read exactly the given day partitions (never lists days outside them)."""
     fs, _ = storage.resolve(events_uri)
-    return ray.data.read_parquet([storage.resolve(p)[1] for p in paths], filesystem=fs,
+    return ray.data.read_parquet([storage.resolve(p)[1] for p in partitions], filesystem=fs,
                                  partitioning=None)
 
 

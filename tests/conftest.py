@@ -1,0 +1,57 @@
+"""Shared fixtures: one real local Ray for the session, one small pipeline run.
+
+The pipeline fixture runs generate -> train -> score -> commit -> evaluate once
+on a small synthetic world; the end-to-end tests assert on what it wrote.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+    ray.init(num_cpus=2, include_dashboard=None, logging_level=logging.WARNING,
+             configure_logging=True)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    yield ray
+    ray.shutdown()
+
+
+def small_config(root: str, **overrides):
+    from raymedia import config
+    sets = [f"data.events_uri={root}/events", f"data.catalog_uri={root}/catalog",
+            f"output.uri={root}/scores", f"output.models_uri={root}/models",
+            "data.lookback_days=14", "data.history_len=30", "train.epochs=6", "train.batch_size=32",
+            "score.top_k=20", "score.batch_size=256", "ray.progress_bars=false"]
+    sets += [f"{k}={v}" for k, v in overrides.items()]
+    return config.load(None, sets)
+
+
+@pytest.fixture(scope="session")
+def world(tmp_path_factory, ray_session):
+    """A small generated data set (written with Ray tasks)."""
+    from raymedia.data.generate import GeneratorConfig, generate
+    root = str(tmp_path_factory.mktemp("world"))
+    gen = GeneratorConfig(users=1200, items=400, days=14, seed=7, categories=12)
+    generate(gen, root)
+    return {"root": root, "gen": gen, "day": gen.start + dt.timedelta(days=gen.days)}
+
+
+@pytest.fixture(scope="session")
+def trained_run(world):
+    """One full nightly run (trains both models) on the small world."""
+    from raymedia import pipeline
+    cfg = small_config(world["root"])
+    result = pipeline.run_day(cfg, world["day"])
+    return {"cfg": cfg, "result": result, **world}

@@ -1,0 +1,51 @@
+"""The command line a user types: config show, errors, generate safety, job entry points."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from raymedia.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_config_show_prints_the_resolved_config(capsys, tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("score:\n  top_k: 25\n")
+    assert main(["config", "show", "--config", str(f), "--set", "train.epochs=2"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    assert shown["score"]["top_k"] == 25 and shown["train"]["epochs"] == 2
+
+
+def test_bad_config_exits_2_naming_the_field(capsys):
+    assert main(["config", "show", "--set", "score.top_k=0"]) == 2
+    assert "score.top_k must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_run_with_no_events_fails_clearly_before_starting_ray(capsys, tmp_path):
+    import ray
+    rc = main(["score", "--date", "2026-01-10", "--set", f"data.events_uri={tmp_path}/none"])
+    assert rc == 2
+    assert "no event partitions for 2025-12-13..2026-01-09" in capsys.readouterr().err
+    assert not ray.is_initialized()
+
+
+def test_generate_writes_and_refuses_to_clobber_foreign_events(capsys, tmp_path):
+    out = tmp_path / "data"
+    assert main(["generate", "--users", "20", "--items", "30", "--days", "2", "--out", str(out)]) == 0
+    assert (out / "catalog" / "catalog.parquet").exists()
+    assert sorted(p.name for p in (out / "events").iterdir()) == ["dt=2026-01-05", "dt=2026-01-06"]
+    assert main(["generate", "--users", "20", "--items", "30", "--days", "2", "--out", str(out)]) == 0
+    (out / "generate.json").unlink()          # now the events look like someone else's
+    assert main(["generate", "--users", "20", "--items", "30", "--days", "2", "--out", str(out)]) == 2
+    assert "already holds events" in capsys.readouterr().err
+
+
+def test_jobs_are_runnable_entry_points():
+    for job in ("nightly", "train", "score"):
+        r = subprocess.run([sys.executable, f"jobs/{job}.py", "--help"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert "--date" in r.stdout and f"jobs/{job}.py" in r.stdout
