@@ -121,7 +121,7 @@ def demo(args) -> int:
     print(f"  commit:  {result.commit_uri}")
     for kind, uri in result.model_uris.items():
         print(f"  model:   {kind:<10} {uri}")
-    print(f"  stages:  " + ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items()))
+    print("  stages:  " + ", ".join(f"{k} {v:.1f}s" for k, v in result.seconds.items()))
     print(f"done in {time.perf_counter() - t0:.0f}s")
     return 0
 

@@ -18,6 +18,7 @@ Causal attention makes the state at that position blind to later events.
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Literal
 
 import numpy as np
@@ -31,6 +32,12 @@ RETURN_EVAL_SHARE = 5   # 1 in 5 users is held out of the return head's training
 
 Mode = Literal["train", "eval", "score"]
 MIN_EVENTS = {"train": 3, "eval": 2, "score": 1}   # events a history needs for each mode
+
+
+def day_start_us(day: dt.date | str) -> int:
+    """Microseconds since the epoch at 00:00 UTC of a day (the as-of time of a run)."""
+    d = dt.date.fromisoformat(day) if isinstance(day, str) else day
+    return int(dt.datetime.combine(d, dt.time(), dt.timezone.utc).timestamp() * 1_000_000)
 
 
 def time_bucket(delta_us: np.ndarray) -> np.ndarray:

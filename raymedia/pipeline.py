@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 import ray
 
-from raymedia import checkpoint, storage
+from raymedia import checkpoint, features, storage
 from raymedia.config import Config
 from raymedia.data import read
 from raymedia.data.vocab import Vocab
@@ -118,8 +118,11 @@ def run_day(cfg: Config, day: dt.date, train_models: bool = True, run_id: str | 
                 for k, u in model_uris.items()}
     gpu = ray.cluster_resources().get("GPU", 0) > 0
     with _timed(secs, "score"):
+        recommendable = inputs.vocab.recommendable(read.read_catalog(cfg.data.catalog_uri),
+                                                   features.day_start_us(day))
         scored = inputs.histories.map_batches(
-            Scorer, fn_constructor_kwargs={"model_uris": model_uris, "cfg": cfg, "asof": day.isoformat()},
+            Scorer, fn_constructor_kwargs={"model_uris": model_uris, "cfg": cfg, "asof": day.isoformat(),
+                                           "recommendable": recommendable},
             batch_size=cfg.score.batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=cfg.score.concurrency),
             num_cpus=cfg.score.num_cpus, num_gpus=1 if gpu else 0)
         written = scored.map_batches(

@@ -58,19 +58,26 @@ def _mask_seen(scores: torch.Tensor, seen: torch.Tensor | None, start: int) -> N
     scores[rows, local[inside]] = float("-inf")
 
 
-def chunked_scores(users: torch.Tensor, items: torch.Tensor, chunk: int, seen: torch.Tensor | None):
-    """Yield (first item index, masked float32 scores) per item chunk."""
+def chunked_scores(users: torch.Tensor, items: torch.Tensor, chunk: int, seen: torch.Tensor | None,
+                   blocked: torch.Tensor | None = None):
+    """Yield (first item index, masked float32 scores) per item chunk.
+
+    ``blocked`` is a (n_items,) bool mask of items that may not be recommended.
+    """
     for start in range(0, items.shape[0], chunk):
         s = (users @ items[start:start + chunk].T).float()
+        if blocked is not None:
+            s.masked_fill_(blocked[start:start + chunk], float("-inf"))
         _mask_seen(s, seen, start)
         yield start, s
 
 
 def topk(users: torch.Tensor, items: torch.Tensor, k: int, chunk: int,
-         seen: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+         seen: torch.Tensor | None, blocked: torch.Tensor | None = None,
+         ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact running top-K over item chunks: (scores (B, k'), indices (B, k'))."""
     best = None
-    for start, s in chunked_scores(users, items, chunk, seen):
+    for start, s in chunked_scores(users, items, chunk, seen, blocked):
         keys = score_keys(s, start)
         if best is not None:
             keys = torch.cat([best, keys], 1)
@@ -109,8 +116,7 @@ class _Models:
         self.dtype = _DTYPES[cfg.score.precision]
         with torch.inference_mode():
             self.items = {k: m.model.item_matrix().to(self.dtype) for k, m in self.models.items()}
-        self.asof_us = int(dt.datetime.combine(dt.date.fromisoformat(asof), dt.time(),
-                                               dt.timezone.utc).timestamp() * 1_000_000)
+        self.asof_us = features.day_start_us(asof)
         self.horizon_us = cfg.data.return_horizon_days * 86_400_000_000
         self.versions = {k: m.meta["version"] for k, m in self.models.items()}
 
@@ -124,7 +130,17 @@ class _Models:
 
 
 class Scorer(_Models):
-    """Callable class for ``map_batches``: history rows -> recommendations + predictions."""
+    """Callable class for ``map_batches``: history rows -> recommendations + predictions.
+
+    ``recommendable`` (one bool per vocabulary index, from today's catalog) blocks
+    items that are unavailable or not yet published.
+    """
+
+    def __init__(self, model_uris: dict[str, str], cfg: Config, asof: str,
+                 recommendable: np.ndarray | None = None):
+        super().__init__(model_uris, cfg, asof)
+        self.blocked = (None if recommendable is None
+                        else torch.as_tensor(~recommendable, device=self.device))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         kept, x = self.inputs(batch, "score")
@@ -132,7 +148,7 @@ class Scorer(_Models):
         seen = x["items"] if self.cfg.score.exclude_seen else None
         with torch.inference_mode():
             scores, idx = topk(self.user_vectors(rec, x), self.items[rec], self.cfg.score.top_k,
-                               self.cfg.score.item_chunk, seen)
+                               self.cfg.score.item_chunk, seen, self.blocked)
             seq = self.models["sequence"].model
             h = seq.user_states(x)
             p_return = torch.sigmoid(seq.return_logit(h, x)).float()

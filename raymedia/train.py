@@ -105,7 +105,7 @@ def train(kind: str, cfg: Config, histories: ray.data.Dataset, vocab: Vocab, aso
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    asof_us = int(dt.datetime.combine(asof, dt.time(), dt.timezone.utc).timestamp() * 1_000_000)
+    asof_us = features.day_start_us(asof)
     meta = {"kind": kind, "version": version, "kwargs": models.model_kwargs(kind, cfg),
             "max_len": cfg.data.history_len, "vocab_digest": vocab.digest(),
             "trained_asof": asof.isoformat(), "config_hash": cfg.hash()}

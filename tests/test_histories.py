@@ -82,3 +82,16 @@ def test_model_inputs_layouts_and_return_label():
     kept, x = batch_inputs(hist, "score", 2, asof, horizon)
     assert x["items"].tolist() == [[6, 7], [8, 9], [3, 0]] and x["length"].tolist() == [2, 2, 1]
     assert x["ret_pos"].tolist() == [1, 1, 0]
+
+
+def test_recommendable_follows_todays_catalog():
+    from raymedia.data.vocab import Vocab
+    day = 100 * 24 * H
+    catalog = pa.table({
+        "item_id": [10, 11, 12, 13], "category": ["a", "a", "b", None],
+        "available": [True, False, None, True],
+        "published_at": pa.array([0, 0, day - 1, day + 1], pa.timestamp("us", tz="UTC"))})
+    vocab = Vocab.build(catalog, pa.array([10, 99]))      # 99: only in the logs
+    ok = vocab.recommendable(catalog, day)
+    assert ok[vocab.lookup(pa.array([10, 11, 12, 13, 99]))].tolist() == [True, False, True, False, False]
+    assert not ok[0]

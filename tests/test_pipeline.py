@@ -103,3 +103,16 @@ def test_rescoring_is_deterministic_and_replaces_the_previous_run(trained_run):
     day_dir = storage.partition(cfg.output.uri, res.dt)
     runs = {u.split("run=")[1].split("/")[0] for u in storage.list_files(day_dir) if "run=" in u}
     assert runs == {second.run_id}     # older runs' files are gone after the new commit
+
+
+def test_never_recommends_items_the_catalog_marks_unavailable(trained_run):
+    cfg, res, root = trained_run["cfg"], trained_run["result"], trained_run["root"]
+    catalog = pq.read_table(f"{root}/catalog")
+    blocked = set(catalog.filter(pc.invert(catalog["available"]))["item_id"].to_pylist())
+    assert blocked
+    events = _events(root)
+    consumed = set(events.filter(pc.not_equal(events["event"], "impression"))["item_id"].to_pylist())
+    assert blocked & consumed            # the models did learn these items
+    recs = storage.read_committed(cfg.output.uri, res.dt, "recommendations")
+    recommended = {i for items in recs["items"].to_pylist() for i in items}
+    assert not recommended & blocked

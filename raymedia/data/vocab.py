@@ -54,6 +54,20 @@ class Vocab:
             h.update(s.encode() + b"\0")
         return h.hexdigest()[:16]
 
+    def recommendable(self, catalog: pa.Table, asof_us: int) -> np.ndarray:
+        """(size,) bool: items today's catalog lists as available and published before ``asof``.
+
+        The catalog is the source of truth for what may be shown: items it does not
+        list (known only from the logs) and the padding index are never recommended.
+        """
+        ok = pc.fill_null(catalog["available"], True)
+        published = pc.cast(catalog["published_at"], pa.int64())
+        ok = pc.and_(ok, pc.fill_null(pc.less(published, asof_us), True))
+        idx = self.lookup(catalog["item_id"].filter(ok))
+        out = np.zeros(self.size, dtype=bool)
+        out[idx[idx > 0]] = True
+        return out
+
     def to_table(self) -> pa.Table:
         cats = self.category_names(self.item_category[1:])
         return pa.table({"item_id": self.item_ids, "category": cats,
