@@ -1,7 +1,8 @@
 """Scoring throughput: the Ray Data pipeline vs the bare model compute, side by side.
 
 Same users, items, models, dimension and K in one run:
-- bare:     user vectors x item matrix + top-K on pre-built tensors, one process, no Ray, no I/O
+- bare:     ``Scorer.compute`` on pre-built tensors (user vectors x item matrix + top-K, and the
+            sequence model's return/category heads), one process, no Ray, no I/O
 - scorer:   the Scorer class called in-process on Arrow batches (features + compute + output rows)
 - pipeline: histories.map_batches(Scorer, actor pool) -> write Parquet -> commit, on local Ray
 
@@ -36,7 +37,7 @@ from raymedia import checkpoint, config, models, pipeline, storage  # noqa: E402
 from raymedia.data import read  # noqa: E402
 from raymedia.data.generate import GeneratorConfig, generate  # noqa: E402
 from raymedia.data.vocab import Vocab  # noqa: E402
-from raymedia.score import Scorer, topk  # noqa: E402
+from raymedia.score import Scorer  # noqa: E402
 
 
 def publish_random_models(cfg: config.Config, vocab: Vocab, version: str) -> dict[str, str]:
@@ -93,7 +94,7 @@ def main() -> None:
 
     # the same histories, in process
     secs: dict = {}
-    inputs = pipeline.prepare(cfg, day, False, secs)
+    inputs = pipeline.prepare(cfg, day, False, storage.new_run_id(), secs)
     table = pa.concat_tables(ray.get(inputs.histories.to_arrow_refs()))
     scorer = Scorer(uris, cfg, day.isoformat())
     t0 = time.perf_counter()
@@ -103,19 +104,17 @@ def main() -> None:
 
     batches = [scorer.inputs(table.slice(s, args.batch_size), "score")[1]
                for s in range(0, table.num_rows, args.batch_size)]
-    rec, items = args.recommender, scorer.items[args.recommender]
-    with torch.inference_mode():
-        t0 = time.perf_counter()
-        for x in batches:
-            topk(scorer.user_vectors(rec, x), items, args.k, cfg.score.item_chunk, x["items"])
-        bare = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for x in batches:
+        scorer.compute(x)
+    bare = time.perf_counter() - t0
 
-    rows = [("bare compute (vectors + matmul + top-K)", n_users / bare),
+    rows = [("bare compute (top-K + sequence heads)", n_users / bare),
             ("Scorer in-process (features + compute + Arrow)", n_users / in_proc),
             ("pipeline score+write+commit (Ray Data actors)", n_users / pipe_score),
             ("pipeline end to end (read + histories + score)", n_users / pipe_total)]
     header = (f"scoring: {n_users} users, {vocab.size - 1} items, dim {args.dim}, K {args.k}, "
-              f"recommender {rec}, batch {args.batch_size}")
+              f"recommender {args.recommender}, batch {args.batch_size}")
     lines = [header, "", "| path | users/s | vs bare |", "|---|---:|---:|"]
     lines += [f"| {name} | {v:,.0f} | {v / rows[0][1]:.2f} |" for name, v in rows]
     text = "\n".join(lines)

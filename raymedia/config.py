@@ -34,6 +34,8 @@ class DataConfig:
     lookback_days: int = _f(28, lo=1, doc="days of logs before the run date that are read")
     history_len: int = _f(50, lo=2, hi=4096, doc="events per user kept as model input")
     return_horizon_days: int = _f(7, lo=1, doc="horizon of the return prediction")
+    max_reject_fraction: float = _f(0.05, lo=0.0, hi=1.0,
+                                    doc="share of rows breaking the contract that fails the run")
 
 
 @dataclass

@@ -56,23 +56,37 @@ def _timed(seconds: dict, stage: str):
     log.info("stage %s done in %.1fs", stage, seconds[stage])
 
 
+class RejectThresholdExceeded(RuntimeError):
+    """Too many input rows broke the events contract: the input is treated as broken."""
+
+
 @dataclass
 class Inputs:
-    """What the read stages produce for a day: the histories and their vocabulary."""
+    """What the read stages produce for a day: the histories, their vocabulary, the counts."""
     day: dt.date
+    run_id: str
+    run_uri: str
     partitions: list[str]
     vocab: Vocab
     histories: ray.data.Dataset
+    stats: dict
 
 
-def prepare(cfg: Config, day: dt.date, new_vocab: bool, secs: dict) -> Inputs:
-    """Read the window before ``day`` and build each user's history.
+def run_uri(cfg: Config, day: dt.date, run_id: str) -> str:
+    return storage.join(storage.partition(cfg.output.uri, day), f"run={run_id}")
+
+
+def prepare(cfg: Config, day: dt.date, new_vocab: bool, run_id: str, secs: dict) -> Inputs:
+    """Read the window before ``day``, validate it and build each user's history.
 
     ``new_vocab`` builds the vocabulary from catalog + logs (training);
-    otherwise the latest model's vocabulary is used, as scoring must.
+    otherwise the latest model's vocabulary is used, as scoring must. Rejected
+    rows and counts are written under the run's (uncommitted) directory.
     """
     partitions = read.event_partitions(cfg.data.events_uri, read.window(day, cfg.data.lookback_days))
+    read.preflight(partitions)
     init_ray(cfg)
+    out = run_uri(cfg, day, run_id)
     with _timed(secs, "read"):
         events = read.read_events(cfg.data.events_uri, partitions)
     with _timed(secs, "vocabulary"):
@@ -84,35 +98,47 @@ def prepare(cfg: Config, day: dt.date, new_vocab: bool, secs: dict) -> Inputs:
     with _timed(secs, "histories"):
         # one extra event so evaluation can hold the last one out and keep history_len inputs
         histories = read.build_histories(events, vocab, cfg.data.history_len + 1,
-                                         cfg.score.shuffle_partitions, cfg.data.events_uri).materialize()
-    return Inputs(day, partitions, vocab, histories)
+                                         cfg.score.shuffle_partitions, cfg.data.events_uri,
+                                         out).materialize()
+    stats = read.read_stats(out)
+    share = stats["rejected_rows"] / max(stats["input_rows"], 1)
+    log.info("read %d rows: %d valid, %d rejected %s, %d impressions, %d of unknown items",
+             stats["input_rows"], stats["valid_rows"], stats["rejected_rows"], stats["rejected"],
+             stats["impressions"], stats["unknown_item"])
+    if share > cfg.data.max_reject_fraction:
+        raise RejectThresholdExceeded(
+            f"dt={day}: {share:.1%} of {stats['input_rows']} input rows broke the events contract "
+            f"({', '.join(f'{k} {v}' for k, v in sorted(stats['rejected'].items()))}), above "
+            f"data.max_reject_fraction={cfg.data.max_reject_fraction}; nothing was committed; "
+            f"the rejected rows are in {storage.join(out, 'rejects')}")
+    return Inputs(day, run_id, out, partitions, vocab, histories, stats)
 
 
-def train_all(cfg: Config, inputs: Inputs, run_id: str, secs: dict) -> dict[str, str]:
+def train_all(cfg: Config, inputs: Inputs, secs: dict) -> dict[str, str]:
     """Train the configured models on the inputs; returns the published model URIs."""
     with _timed(secs, "train"):
         inputs.vocab.popularity = read.item_counts(inputs.histories, inputs.vocab.size, holdout_last=True)
-        version = f"{inputs.day:%Y%m%d}-{run_id}"
+        version = f"{inputs.day:%Y%m%d}-{inputs.run_id}"
         return {kind: train(kind, cfg, inputs.histories, inputs.vocab, inputs.day, version)
                 for kind in cfg.model_names()}
 
 
 def train_day(cfg: Config, day: dt.date) -> dict[str, str]:
-    """Train only (``jobs/train.py``)."""
+    """Train only (``jobs/train.py``); the run's rejects stay in its uncommitted directory."""
     secs: dict[str, float] = {}
-    return train_all(cfg, prepare(cfg, day, True, secs), storage.new_run_id(), secs)
+    return train_all(cfg, prepare(cfg, day, True, storage.new_run_id(), secs), secs)
 
 
 def run_day(cfg: Config, day: dt.date, train_models: bool = True, run_id: str | None = None) -> RunResult:
     """Score every user active in the look-back window before ``day`` and commit day ``day``."""
     run_id = run_id or storage.new_run_id()
+    base_generation = storage.generation(cfg.output.uri, day)
     secs: dict[str, float] = {}
-    inputs = prepare(cfg, day, train_models, secs)
-    model_uris = train_all(cfg, inputs, run_id, secs) if train_models else {}
+    inputs = prepare(cfg, day, train_models, run_id, secs)
+    model_uris = train_all(cfg, inputs, secs) if train_models else {}
     for kind in MODEL_KINDS:
         model_uris.setdefault(kind, checkpoint.latest(cfg.output.models_uri, kind))
     day_uri = storage.partition(cfg.output.uri, day)
-    run_uri = storage.join(day_uri, f"run={run_id}")
     generated_at = dt.datetime.now(dt.timezone.utc).isoformat()
     versions = {k: storage.read_json(storage.join(u, checkpoint.META))["version"]
                 for k, u in model_uris.items()}
@@ -123,31 +149,42 @@ def run_day(cfg: Config, day: dt.date, train_models: bool = True, run_id: str | 
         scored = inputs.histories.map_batches(
             Scorer, fn_constructor_kwargs={"model_uris": model_uris, "cfg": cfg, "asof": day.isoformat(),
                                            "recommendable": recommendable},
-            batch_size=cfg.score.batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=cfg.score.concurrency),
+            batch_size=cfg.score.batch_size, batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=cfg.score.concurrency),
             num_cpus=cfg.score.num_cpus, num_gpus=1 if gpu else 0)
         written = scored.map_batches(
             write_batch, batch_size=cfg.score.rows_per_file, batch_format="pyarrow",
-            fn_kwargs={"run_uri": run_uri, "model_version": versions[cfg.score.recommender],
+            fn_kwargs={"run_uri": inputs.run_uri, "model_version": versions[cfg.score.recommender],
                        "generated_at": generated_at}).take_all()
     files: dict[str, list[str]] = {}
     rows: dict[str, int] = {}
     for w in written:
         files.setdefault(w["table"], []).append(f"run={run_id}/{w['file']}")
         rows[w["table"]] = rows.get(w["table"], 0) + int(w["rows"])
+    rejects = storage.list_files(storage.join(inputs.run_uri, "rejects"))
+    if rejects:
+        files["rejects"] = [u[len(day_uri) + 1:] for u in rejects]
+    rows["rejects"] = inputs.stats["rejected_rows"]
     metrics: dict = {}
     if cfg.eval.enabled:
         with _timed(secs, "evaluate"):
             metrics = evaluate(inputs.histories, model_uris, cfg, day.isoformat())
-            storage.write_json(storage.join(run_uri, "metrics.json"), metrics)
+            storage.write_json(storage.join(inputs.run_uri, "metrics.json"), metrics)
             files["metrics"] = [f"run={run_id}/metrics.json"]
-    _remove_unlisted(run_uri, day_uri, files)
+    _remove_unlisted(inputs.run_uri, day_uri, files)
     c = storage.Commit(dt=day.isoformat(), run_id=run_id, files={k: sorted(v) for k, v in files.items()},
                        rows=rows, model_versions=versions, input_partitions=inputs.partitions,
-                       config_hash=cfg.hash(), created_at=generated_at)
+                       config_hash=cfg.hash(), created_at=generated_at,
+                       details={"input": inputs.stats})
     with _timed(secs, "commit"):
-        commit_uri = storage.commit(cfg.output.uri, c)
+        try:
+            commit_uri = storage.commit(cfg.output.uri, c, base_generation)
+        except storage.CommitConflict:
+            storage.delete_dir(inputs.run_uri)
+            raise
     counts = {"users_scored": rows.get("recommendations", 0), "vocab_items": inputs.vocab.size - 1,
-              "input_partitions": len(inputs.partitions)}
+              "input_partitions": len(inputs.partitions), "input_rows": inputs.stats["input_rows"],
+              "rejected_rows": inputs.stats["rejected_rows"]}
     return RunResult(day.isoformat(), run_id, commit_uri, model_uris, metrics, counts, secs)
 
 

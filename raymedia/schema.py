@@ -106,27 +106,73 @@ def conform(table: pa.Table, schema: pa.Schema, source: str = "input") -> pa.Tab
     return pa.Table.from_arrays(columns, names=schema.names)
 
 
-def reject_reasons(events: pa.Table) -> pa.Array:
-    """Per row, why it breaks the events contract (null where it is valid).
+REQUIRED_EVENT_COLUMNS = ("user_id", "item_id", "event", "ts")
+REJECT_REASONS = ("null_user_id", "null_item_id", "null_ts", "unparseable_ts", "unknown_event",
+                  "negative_dwell", "ts_outside_partition", "duplicate")
 
-    Checked in order; the first failing rule names the row's reason.
+
+def check_columns(names: list[str], source: str) -> None:
+    """Structural check of a file's columns (names the file and the column)."""
+    for col in REQUIRED_EVENT_COLUMNS:
+        if col not in names:
+            raise ContractError(f"{source}: missing required column '{col}' (has: {', '.join(names)})")
+
+
+def _parse_ts(col: pa.ChunkedArray | pa.Array, source: str) -> tuple[pa.Array, pa.Array]:
+    """(timestamps in UTC, bool 'present but unparseable') for timestamp or string input."""
+    col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    if pa.types.is_timestamp(col.type):
+        if col.type.tz is None:
+            col = pc.assume_timezone(col, "UTC")
+        return col.cast(TS_TYPE), pa.array([False] * len(col))
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+        import pandas as pd
+        parsed = pd.to_datetime(col.to_pandas(), utc=True, errors="coerce", format="ISO8601")
+        ts = pa.array(parsed, TS_TYPE)
+        return ts, pc.and_(pc.is_valid(col), pc.is_null(ts))
+    raise ContractError(f"{source}: column 'ts' of type {col.type} is not a timestamp or an ISO-8601 string")
+
+
+def _as_strings(t: pa.Table) -> pa.Table:
+    return pa.table({c: pc.cast(t[c], pa.string()) for c in t.column_names})
+
+
+def validate_events(raw: pa.Table, source: str) -> tuple[pa.Table, pa.Table]:
+    """(valid rows in the events contract, rejected rows with a ``reason``).
+
+    Row-level problems are rejects, checked in the order of REJECT_REASONS (the
+    first failing rule names the row). Structural problems (a missing column,
+    a type that cannot be read) raise ContractError naming source and column.
+    If a ``dt`` partition column is present, each row's UTC date must match it.
+    Rejected rows keep every input value, rendered as strings.
     """
+    check_columns(raw.column_names, source)
+    ts, bad_ts = _parse_ts(raw["ts"], source)
+    body = raw.drop_columns(["ts"]).append_column("ts", ts)
+    events = conform(body, EVENTS, source)
+    dwell = events["dwell_s"]
     rules = [
-        ("null_user_id", pc.is_null(events["user_id"])),
-        ("null_item_id", pc.is_null(events["item_id"])),
-        ("null_ts", pc.is_null(events["ts"])),
-        ("unknown_event", pc.invert(pc.fill_null(
-            pc.is_in(events["event"], value_set=pa.array(EVENT_TYPES)), False))),
-        ("negative_dwell", pc.fill_null(pc.less(events["dwell_s"], 0), False)),
+        pc.is_null(events["user_id"]), pc.is_null(events["item_id"]),
+        pc.and_(pc.is_null(ts), pc.invert(bad_ts)), bad_ts,
+        pc.invert(pc.fill_null(pc.is_in(events["event"], value_set=pa.array(EVENT_TYPES)), False)),
+        pc.fill_null(pc.less(dwell, 0), False),
     ]
-    reason = pa.nulls(events.num_rows, pa.string())
-    for name, bad in reversed(rules):
+    if "dt" in raw.column_names:
+        day = pc.strftime(ts, format="%Y-%m-%d")
+        rules.append(pc.fill_null(pc.not_equal(day, pc.cast(raw["dt"], pa.string())), False))
+    else:
+        rules.append(pa.array([False] * raw.num_rows))
+    rules.append(_duplicates(events))
+    reason = pa.nulls(raw.num_rows, pa.string())
+    for name, bad in reversed(list(zip(REJECT_REASONS, rules))):
         reason = pc.if_else(pc.fill_null(bad, False), pa.scalar(name), reason)
-    return reason
+    is_bad = pc.is_valid(reason)
+    rejected = _as_strings(raw.filter(is_bad)).append_column("reason", reason.filter(is_bad))
+    return events.filter(pc.invert(is_bad)), rejected
 
 
-def split_valid(events: pa.Table) -> tuple[pa.Table, pa.Table]:
-    """(valid rows, rejected rows with a `reason` column); together they are the input."""
-    reason = reject_reasons(events)
-    bad = pc.is_valid(reason)
-    return events.filter(pc.invert(bad)), events.filter(bad).append_column("reason", reason.filter(bad))
+def _duplicates(events: pa.Table) -> pa.Array:
+    """True for exact repeats of an earlier row (same user, item, event, ts) in the table."""
+    import pandas as pd
+    df = events.select(["user_id", "item_id", "event", "ts"]).to_pandas()
+    return pa.array(df.duplicated(keep="first").to_numpy(), pa.bool_())

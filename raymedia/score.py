@@ -142,8 +142,8 @@ class Scorer(_Models):
         self.blocked = (None if recommendable is None
                         else torch.as_tensor(~recommendable, device=self.device))
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        kept, x = self.inputs(batch, "score")
+    def compute(self, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The model work on prepared inputs: top-K of the recommender + the sequence heads."""
         rec = self.cfg.score.recommender
         seen = x["items"] if self.cfg.score.exclude_seen else None
         with torch.inference_mode():
@@ -153,7 +153,12 @@ class Scorer(_Models):
             h = seq.user_states(x)
             p_return = torch.sigmoid(seq.return_logit(h, x)).float()
             next_cat = seq.category_head(seq.user_vectors(x, h))[:, 1:].argmax(1) + 1
-        scores, idx = scores.cpu().numpy(), idx.cpu().numpy()
+        return {"scores": scores, "idx": idx, "p_return": p_return, "next_category": next_cat}
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        kept, x = self.inputs(batch, "score")
+        out = {k: v.cpu().numpy() for k, v in self.compute(x).items()}
+        scores, idx = out["scores"], out["idx"]
         valid = np.isfinite(scores)          # fewer than K unmasked items: shorter list
         lengths = valid.sum(1)
         offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
@@ -161,8 +166,8 @@ class Scorer(_Models):
             "user_id": kept["user_id"],
             "items": pa.ListArray.from_arrays(offsets, self.vocab.ids(idx[valid])),
             "scores": pa.ListArray.from_arrays(offsets, pa.array(scores[valid], pa.float32())),
-            "p_return_7d": pa.array(p_return.cpu().numpy(), pa.float32()),
-            "next_category": self.vocab.category_names(next_cat.cpu().numpy()),
+            "p_return_7d": pa.array(out["p_return"], pa.float32()),
+            "next_category": self.vocab.category_names(out["next_category"]),
             "n_events": kept["n_events"],
         })
 

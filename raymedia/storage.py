@@ -16,10 +16,13 @@ import datetime as dt
 import json
 import os
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import fsspec
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -125,6 +128,38 @@ def new_run_id(now: dt.datetime | None = None) -> str:
     return f"{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
 
 
+class CommitConflict(RuntimeError):
+    """Another run committed the same day while this one was running."""
+
+
+def create_exclusive(uri: str, data: bytes) -> bool:
+    """Write an object only if it does not exist yet; False if it already did.
+
+    Locally: write a temp file, then hard-link it into place (atomic, fails if
+    the name exists). On object stores: one PUT with ``If-None-Match: *`` (s3fs
+    ``mode="create"``), so of two racing writers exactly one succeeds.
+    """
+    fs, path = resolve(uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    if isinstance(fs, pafs.LocalFileSystem):
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        try:
+            os.link(tmp, path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+    ffs, fpath = _fsspec(uri)
+    try:
+        ffs.pipe_file(fpath, data, mode="create")
+        return True
+    except FileExistsError:
+        return False
+
+
 @dataclass(frozen=True)
 class Commit:
     """What a ``_COMMIT.json`` says: the only files readers may read for a day."""
@@ -137,20 +172,56 @@ class Commit:
     input_partitions: list[str]
     config_hash: str
     created_at: str
+    generation: int = 0           # 1, 2, ... one per successful commit of the day
+    details: dict = field(default_factory=dict)
 
     def uris(self, output_uri: str, table: str) -> list[str]:
         return [join(partition(output_uri, self.dt), f) for f in self.files.get(table, [])]
 
 
-def commit(output_uri: str, c: Commit) -> str:
-    """Publish a day's run, then remove the files of any run it replaces."""
+def generation(output_uri: str, d: dt.date | str) -> int:
+    """The day's newest commit generation (0 when never committed).
+
+    A run reads it when it starts and commits ``generation + 1``; a run that
+    finds that generation already taken lost a race and must not publish.
+    """
+    names = [u.rsplit("/", 1)[1] for u in list_files(join(partition(output_uri, d), "_commits"))]
+    gens = [int(n[:-5]) for n in names if n.endswith(".json") and n[:-5].isdigit()]
+    return max(gens, default=0)
+
+
+def commit(output_uri: str, c: Commit, base_generation: int) -> str:
+    """Publish a day's run atomically, then remove every other run's files.
+
+    1. create ``_commits/<base+1>.json`` exclusively: the commit point (raises
+       CommitConflict if another run took it);
+    2. rewrite ``_COMMIT.json`` (a single PUT / rename) to point readers at it;
+    3. delete the other ``run=*`` directories (the replaced run, crashed runs,
+       and runs that can no longer commit because the generation moved on).
+    A crash between 1 and 2 leaves readers on the previous, still complete run.
+    """
     day_uri = partition(output_uri, c.dt)
-    previous = read_commit(output_uri, c.dt)
+    c = Commit(**{**c.__dict__, "generation": base_generation + 1})
+    blob = json.dumps(c.__dict__, indent=2, sort_keys=True).encode()
+    if not create_exclusive(join(day_uri, "_commits", f"{c.generation:08d}.json"), blob):
+        raise CommitConflict(
+            f"dt={c.dt}: another run committed while run {c.run_id} was running "
+            f"(generation {c.generation} is taken); this run's output is not published")
     target = join(day_uri, COMMIT_FILE)
-    write_json(target, c.__dict__)
-    if previous is not None and previous.run_id != c.run_id:
-        delete_dir(join(day_uri, f"run={previous.run_id}"))
+    write_bytes(target, blob)
+    for run_dir in _run_dirs(day_uri):
+        if run_dir.rsplit("run=", 1)[1] != c.run_id:
+            delete_dir(run_dir)
     return target
+
+
+def _run_dirs(day_uri: str) -> list[str]:
+    fs, path = resolve(day_uri)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return []
+    infos = fs.get_file_info(pafs.FileSelector(path))
+    return [join(day_uri, i.base_name) for i in infos
+            if i.type == pafs.FileType.Directory and i.base_name.startswith("run=")]
 
 
 def read_commit(output_uri: str, d: dt.date | str) -> Commit | None:
@@ -166,5 +237,29 @@ def read_committed(output_uri: str, d: dt.date | str, table: str):
     if c is None:
         raise FileNotFoundError(f"no committed output for dt={day(d)} under {output_uri}")
     uris = c.uris(output_uri, table)
+    if not uris:
+        raise FileNotFoundError(f"dt={day(d)} has no committed '{table}' "
+                                f"(tables: {', '.join(sorted(c.files))})")
     fs, _ = resolve(output_uri)
     return pq.ParquetDataset([resolve(u)[1] for u in uris], filesystem=fs).read()
+
+
+def write_partitioned(table: pa.Table, uri: str, filename: str) -> list[str]:
+    """Write a table with a ``dt`` column as ``uri/dt=D/filename``, one file per day present.
+
+    The ``dt`` column becomes the directory (Hive style) and is not stored in the files.
+    """
+    table = table.sort_by("dt")
+    days = table["dt"].to_numpy(zero_copy_only=False)
+    starts = np.flatnonzero(np.r_[True, days[1:] != days[:-1]]) if len(days) else np.array([], int)
+    bounds = np.r_[starts, len(days)]
+    fs, _ = resolve(uri)
+    written = []
+    data = table.drop_columns(["dt"])
+    for i, start in enumerate(starts):
+        target = join(partition(uri, str(days[start])), filename)
+        _, path = resolve(target)
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        pq.write_table(data.slice(start, bounds[i + 1] - start), path, filesystem=fs)
+        written.append(target)
+    return written

@@ -35,7 +35,7 @@ def test_histories_block_by_hand():
     assert full["items"] == [5, 6, 5] and full["events"] == [5, 3, 3] and full["ts"][0] == H
 
 
-def test_build_histories_on_ray_matches_a_pandas_reference(ray_session):
+def test_build_histories_on_ray_matches_a_pandas_reference(ray_session, tmp_path):
     import ray
     from raymedia.data.read import build_histories
     from raymedia.data.vocab import Vocab
@@ -49,7 +49,8 @@ def test_build_histories_on_ray_matches_a_pandas_reference(ray_session):
     vocab = Vocab.build(pa.table({"item_id": np.arange(50), "category": ["c"] * 50}),
                         events["item_id"])
     ds = ray.data.from_arrow([events.slice(0, 2000), events.slice(2000)])
-    got = build_histories(ds, vocab, 8, partitions=3, source="test").to_pandas()
+    got = build_histories(ds, vocab, 8, partitions=3, events_uri="mem",
+                          run_uri=str(tmp_path / "run")).to_pandas()
     assert got["user_id"].is_unique
     df = events.to_pandas()
     df = df[df.event != "impression"].sort_values(["user_id", "ts", "item_id"])

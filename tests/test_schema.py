@@ -39,12 +39,29 @@ def test_uncastable_column_names_file_and_column():
         schema.conform(_events(user_id=pa.array([1.5, 2.0, 3.0])), schema.EVENTS)
 
 
-def test_split_valid_gives_each_bad_row_a_reason_and_keeps_the_rest():
-    t = schema.conform(_events(
-        user_id=pa.array([1, None, 3]), event=["play", "click", "teleport"],
-        dwell_s=pa.array([-1.0, 1.0, 2.0])), schema.EVENTS)
-    valid, rejected = schema.split_valid(t)
-    assert valid.num_rows == 0 and rejected.num_rows == 3
-    assert rejected["reason"].to_pylist() == ["negative_dwell", "null_user_id", "unknown_event"]
-    ok, none = schema.split_valid(schema.conform(_events(), schema.EVENTS))
-    assert ok.num_rows == 3 and none.num_rows == 0
+def test_each_bad_row_gets_its_reason_and_valid_rows_are_untouched():
+    H = 3600
+    raw = pa.table({
+        "user_id": pa.array([1, None, 3, 4, 5, 6, 7, 8, 8, 9]),
+        "item_id": pa.array(["a", "b", None, "d", "e", "f", "g", "h", "h", "i"]),
+        "event": ["play", "click", "play", "play", "teleport", "play", "play", "like", "like", "complete"],
+        "ts": ["2026-01-01T01:00:00Z", "2026-01-01T02:00:00Z", "2026-01-01T03:00:00Z", "yesterday",
+               "2026-01-01T05:00:00Z", "2026-01-01T06:00:00Z", "2026-01-02T00:00:01Z",
+               "2026-01-01T08:00:00Z", "2026-01-01T08:00:00Z", None],
+        "dwell_s": [1.0, 1.0, 1.0, 1.0, 1.0, -5.0, 1.0, None, None, 3.0],
+        "dt": ["2026-01-01"] * 10})
+    valid, rejected = schema.validate_events(raw, "events/dt=2026-01-01")
+    assert rejected["reason"].to_pylist() == [
+        "null_user_id", "null_item_id", "unparseable_ts", "unknown_event", "negative_dwell",
+        "ts_outside_partition", "duplicate", "null_ts"]
+    assert rejected["ts"].to_pylist()[2] == "yesterday"       # raw values are kept
+    assert valid.num_rows + rejected.num_rows == raw.num_rows
+    assert valid["user_id"].to_pylist() == [1, 8]
+    assert valid.schema.equals(schema.with_id_types(schema.EVENTS, pa.int64(), pa.string()),
+                               check_metadata=False) or valid.schema.names == schema.EVENTS.names
+    assert set(schema.REJECT_REASONS) == set(rejected["reason"].to_pylist())
+
+
+def test_valid_input_has_no_rejects():
+    valid, rejected = schema.validate_events(_events(), "x")
+    assert valid.num_rows == 3 and rejected.num_rows == 0

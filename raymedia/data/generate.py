@@ -127,7 +127,7 @@ class GenerateSummary:
     items: int
     events: int
     days: list[str]
-    files: int          # event files written: one per (chunk, day)
+    files: int          # event files written: one per (chunk, day with events)
 
 
 @dataclass(frozen=True)
@@ -420,35 +420,29 @@ def generate_chunk(cfg: GeneratorConfig, chunk: int) -> pa.Table:
     return _events_table(cols).append_column("dt", dt.cast(pa.string()))
 
 
-def _write_chunk(cfg: GeneratorConfig, events_uri: str, chunk: int) -> int:
-    """Simulate one chunk and write one file per day; returns the rows written."""
-    cols = _simulate(cfg, chunk)
-    order = np.argsort(cols["day"], kind="stable")
-    bounds = np.searchsorted(cols["day"][order], np.arange(cfg.days + 1))
-    table = _events_table(cols).take(pa.array(order))
-    fs, _ = storage.resolve(events_uri)
-    for d, name in enumerate(cfg.day_names()):
-        _, path = storage.resolve(storage.join(storage.partition(events_uri, name),
-                                               f"part-{chunk:05d}.parquet"))
-        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        pq.write_table(table.slice(bounds[d], bounds[d + 1] - bounds[d]), path, filesystem=fs)
-    return table.num_rows
+def _write_chunk(cfg: GeneratorConfig, events_uri: str, chunk: int) -> tuple[int, int]:
+    """Simulate one chunk and write one file per day; returns (rows, files) written."""
+    table = generate_chunk(cfg, chunk)
+    files = storage.write_partitioned(table, events_uri, f"part-{chunk:05d}.parquet")
+    return table.num_rows, len(files)
 
 
-def _run_chunks(cfg: GeneratorConfig, events_uri: str) -> int:
-    """Write every chunk; as Ray tasks when Ray is up, else in-process. Returns rows."""
+def _run_chunks(cfg: GeneratorConfig, events_uri: str) -> tuple[int, int]:
+    """Write every chunk; as Ray tasks when Ray is up, else in-process. Returns (rows, files)."""
     ray = sys.modules.get("ray")     # not imported means not initialised: skip the import cost
     if ray is None or not ray.is_initialized():
-        return sum(_write_chunk(cfg, events_uri, c) for c in range(cfg.chunks))
-    task = ray.remote(_write_chunk)
-    limit = max(1, int(2 * ray.cluster_resources().get("CPU", 1)))
-    pending, rows = [], 0
-    for c in range(cfg.chunks):
-        if len(pending) >= limit:
-            done, pending = ray.wait(pending, num_returns=1)
-            rows += sum(ray.get(done))
-        pending.append(task.remote(cfg, events_uri, c))
-    return rows + sum(ray.get(pending))
+        results = [_write_chunk(cfg, events_uri, c) for c in range(cfg.chunks)]
+    else:
+        task = ray.remote(_write_chunk)
+        limit = max(1, int(2 * ray.cluster_resources().get("CPU", 1)))
+        pending, results = [], []
+        for c in range(cfg.chunks):
+            if len(pending) >= limit:
+                done, pending = ray.wait(pending, num_returns=1)
+                results += ray.get(done)
+            pending.append(task.remote(cfg, events_uri, c))
+        results += ray.get(pending)
+    return sum(r for r, _ in results), sum(f for _, f in results)
 
 
 def generate(cfg: GeneratorConfig, out_uri: str, overwrite: bool = False) -> GenerateSummary:
@@ -468,10 +462,10 @@ def generate(cfg: GeneratorConfig, out_uri: str, overwrite: bool = False) -> Gen
     fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
     pq.write_table(make_catalog(cfg), path, filesystem=fs)
     storage.delete_dir(events_uri)
-    rows = _run_chunks(cfg, events_uri)
+    rows, files = _run_chunks(cfg, events_uri)
     summary = GenerateSummary(
         events_uri=events_uri, catalog_uri=catalog_uri, users=cfg.users, items=cfg.items,
-        events=rows, days=cfg.day_names(), files=cfg.chunks * cfg.days)
+        events=rows, days=cfg.day_names(), files=files)
     storage.write_json(storage.join(out_uri, "generate.json"),
                        {"config": asdict(cfg), "summary": asdict(summary)})
     return summary

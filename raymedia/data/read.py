@@ -10,22 +10,21 @@ one Python call per block instead of one per user.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
+from ray.data.datasource import Partitioning
 
 from raymedia import schema, storage
 from raymedia.data.vocab import Vocab
 
 log = logging.getLogger(__name__)
-
-INTERACTIONS = pa.schema([("user_id", pa.int64()), ("item", pa.int64()), ("event", pa.int8()),
-                          ("ts", pa.int64()), ("dwell_s", pa.float32())])
-
 
 def window(day: dt.date, lookback_days: int) -> list[dt.date]:
     """The days [day - lookback, day), oldest first."""
@@ -45,11 +44,33 @@ def event_partitions(events_uri: str, days: list[dt.date]) -> list[str]:
     return found
 
 
+def preflight(partitions: list[str]) -> list[str]:
+    """Fail fast on structurally broken input: every file's footer is read on the driver.
+
+    Returns the files. A corrupt Parquet file or one missing a required column
+    raises ContractError naming the file (and the column) before any work starts.
+    """
+    files = [f for p in partitions for f in storage.list_files(p) if not f.rsplit("/", 1)[1].startswith(("_", "."))]
+
+    def check(uri: str) -> None:
+        fs, path = storage.resolve(uri)
+        try:
+            names = pq.read_schema(path, filesystem=fs).names
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise schema.ContractError(f"{uri}: not a readable Parquet file: {exc}") from exc
+        schema.check_columns(names, uri)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(check, files))
+    return files
+
+
 def read_events(events_uri: str, partitions: list[str]) -> ray.data.Dataset:
-    """Read exactly the given day partitions (never lists days outside them)."""
-    fs, _ = storage.resolve(events_uri)
-    return ray.data.read_parquet([storage.resolve(p)[1] for p in partitions], filesystem=fs,
-                                 partitioning=None)
+    """Read exactly the given day partitions (never lists days outside them), with ``dt``."""
+    fs, base = storage.resolve(events_uri)
+    return ray.data.read_parquet(
+        [storage.resolve(p)[1] for p in partitions], filesystem=fs,
+        partitioning=Partitioning("hive", base_dir=base, field_types={"dt": str}))
 
 
 def read_catalog(catalog_uri: str) -> pa.Table:
@@ -57,25 +78,62 @@ def read_catalog(catalog_uri: str) -> pa.Table:
     return schema.conform(pq.read_table(path, filesystem=fs), schema.CATALOG, catalog_uri)
 
 
-def to_interactions(batch: pa.Table, vocab: Vocab, source: str) -> pa.Table:
-    """Contract-checked events -> engaged interactions with item indices.
+def _batch_id(batch: pa.Table) -> str:
+    """Content hash of a batch: a retried task re-derives the same names, so side
+    outputs are overwritten rather than duplicated."""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, batch.schema) as w:
+        w.write_table(batch)
+    return hashlib.sha1(sink.getvalue()).hexdigest()[:20]
 
-    Impressions are exposure, not taste, and are dropped; so are contract
-    violations and items the vocabulary does not know.
+
+def to_interactions(batch: pa.Table, vocab: Vocab, events_uri: str, run_uri: str) -> pa.Table:
+    """Raw events -> engaged interactions with item indices.
+
+    Contract violations go to ``run_uri/rejects/`` with their reason; counts of
+    every kind of row go to ``run_uri/_stats/`` (both named by the batch's
+    content). Impressions are exposure, not taste, and items the vocabulary does
+    not know are skipped; both are counted.
     """
-    events = schema.conform(batch, schema.EVENTS, source)
-    valid, _rejected = schema.split_valid(events)
-    valid = valid.filter(pc.not_equal(valid["event"], "impression"))
-    item = vocab.lookup(valid["item_id"])
-    code = pc.index_in(valid["event"], value_set=pa.array(schema.EVENT_TYPES))
+    days = pc.unique(batch["dt"]).to_pylist() if "dt" in batch.column_names else []
+    source = f"{events_uri}/dt={','.join(map(str, days))}"
+    valid, rejected = schema.validate_events(batch, source)
+    engaged = valid.filter(pc.not_equal(valid["event"], "impression"))
+    item = vocab.lookup(engaged["item_id"])
+    bid = _batch_id(batch)
+    if rejected.num_rows:
+        fs, path = storage.resolve(storage.join(run_uri, "rejects", f"part-{bid}.parquet"))
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        pq.write_table(rejected, path, filesystem=fs)
+    reasons = pc.value_counts(rejected["reason"]).to_pylist() if rejected.num_rows else []
+    storage.write_json(storage.join(run_uri, "_stats", f"{bid}.json"), {
+        "input_rows": batch.num_rows, "valid_rows": valid.num_rows,
+        "impressions": valid.num_rows - engaged.num_rows, "unknown_item": int((item == 0).sum()),
+        "rejected": {r["values"]: r["counts"] for r in reasons}})
+    code = pc.index_in(engaged["event"], value_set=pa.array(schema.EVENT_TYPES))
     out = pa.table({
-        "user_id": valid["user_id"],
+        "user_id": engaged["user_id"],
         "item": item,
         "event": pc.add(code, 1).cast(pa.int8()),
-        "ts": valid["ts"].cast(pa.int64()),
-        "dwell_s": valid["dwell_s"],
+        "ts": engaged["ts"].cast(pa.int64()),
+        "dwell_s": engaged["dwell_s"],
     })
     return out.filter(pa.array(item > 0))
+
+
+def read_stats(run_uri: str) -> dict:
+    """Sum of the per-batch counts a run's read stage recorded."""
+    total: dict = {"input_rows": 0, "valid_rows": 0, "impressions": 0, "unknown_item": 0,
+                   "rejected_rows": 0, "rejected": {}}
+    uris = storage.list_files(storage.join(run_uri, "_stats"))
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        for st in pool.map(storage.read_json, uris):
+            for k in ("input_rows", "valid_rows", "impressions", "unknown_item"):
+                total[k] += st[k]
+            for reason, n in st["rejected"].items():
+                total["rejected"][reason] = total["rejected"].get(reason, 0) + n
+                total["rejected_rows"] += n
+    return total
 
 
 def histories_block(block: pa.Table, history_len: int) -> pa.Table:
@@ -129,10 +187,11 @@ def _empty_histories(user_type: pa.DataType) -> pa.Table:
 
 
 def build_histories(events: ray.data.Dataset, vocab: Vocab, history_len: int,
-                    partitions: int, source: str) -> ray.data.Dataset:
+                    partitions: int, events_uri: str, run_uri: str) -> ray.data.Dataset:
     """Events -> one row per user with their last ``history_len`` interactions."""
     interactions = events.map_batches(
-        to_interactions, batch_format="pyarrow", fn_kwargs={"vocab": vocab, "source": source})
+        to_interactions, batch_format="pyarrow",
+        fn_kwargs={"vocab": vocab, "events_uri": events_uri, "run_uri": run_uri})
     return interactions.repartition(partitions, keys=["user_id"]).map_batches(
         histories_block, batch_size=None, batch_format="pyarrow",
         fn_kwargs={"history_len": history_len})

@@ -97,7 +97,11 @@ class Vocab:
     def build(cls, catalog: pa.Table, log_item_ids: pa.Array) -> "Vocab":
         """Catalog items (sorted) then items seen only in the logs (sorted, category unknown)."""
         cat_ids = pc.unique(catalog["item_id"]).sort()
-        log_ids = pc.unique(log_item_ids.cast(cat_ids.type))
+        try:
+            log_ids = pc.drop_null(pc.unique(log_item_ids.cast(cat_ids.type)))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise ValueError(f"item ids in the logs ({log_item_ids.type}) do not match the "
+                             f"catalog's ({cat_ids.type}): {exc}") from exc
         extra = pc.filter(log_ids, pc.invert(pc.is_in(log_ids, value_set=cat_ids))).sort()
         ids = pa.concat_arrays([cat_ids.combine_chunks() if isinstance(cat_ids, pa.ChunkedArray)
                                 else cat_ids, extra])
