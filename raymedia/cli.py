@@ -11,6 +11,7 @@ import sys
 import time
 
 from raymedia import config as config_mod
+from raymedia import schema, storage
 
 log = logging.getLogger("raymedia")
 
@@ -144,7 +145,8 @@ def main(argv: list[str] | None = None, prog: str = "raymedia") -> int:
             print(config_mod.dump(cfg), end="")
             return 0
         return _run(cfg, args)
-    except (config_mod.ConfigError, ValueError, FileNotFoundError, FileExistsError) as exc:
+    except (config_mod.ConfigError, ValueError, FileNotFoundError, FileExistsError,
+            storage.CommitConflict, schema.RejectThresholdExceeded) as exc:
         print(f"raymedia: error: {exc}", file=sys.stderr)
         return 2
 

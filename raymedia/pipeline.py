@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 import ray
 
-from raymedia import checkpoint, features, storage
+from raymedia import checkpoint, features, schema, storage
 from raymedia.config import Config
 from raymedia.data import read
 from raymedia.data.vocab import Vocab
@@ -54,10 +54,6 @@ def _timed(seconds: dict, stage: str):
     yield
     seconds[stage] = round(time.perf_counter() - t0, 2)
     log.info("stage %s done in %.1fs", stage, seconds[stage])
-
-
-class RejectThresholdExceeded(RuntimeError):
-    """Too many input rows broke the events contract: the input is treated as broken."""
 
 
 @dataclass
@@ -106,7 +102,7 @@ def prepare(cfg: Config, day: dt.date, new_vocab: bool, run_id: str, secs: dict)
              stats["input_rows"], stats["valid_rows"], stats["rejected_rows"], stats["rejected"],
              stats["impressions"], stats["unknown_item"])
     if share > cfg.data.max_reject_fraction:
-        raise RejectThresholdExceeded(
+        raise schema.RejectThresholdExceeded(
             f"dt={day}: {share:.1%} of {stats['input_rows']} input rows broke the events contract "
             f"({', '.join(f'{k} {v}' for k, v in sorted(stats['rejected'].items()))}), above "
             f"data.max_reject_fraction={cfg.data.max_reject_fraction}; nothing was committed; "

@@ -57,6 +57,10 @@ class ContractError(ValueError):
     """Input that breaks a data contract structurally (missing column, bad type)."""
 
 
+class RejectThresholdExceeded(RuntimeError):
+    """Too many input rows broke the events contract: the input is treated as broken."""
+
+
 def id_type(t: pa.DataType) -> pa.DataType:
     """Ids are int64 or string; narrower ints widen, large_string narrows."""
     if pa.types.is_integer(t):
@@ -111,11 +115,36 @@ REJECT_REASONS = ("null_user_id", "null_item_id", "null_ts", "unparseable_ts", "
                   "negative_dwell", "ts_outside_partition", "duplicate")
 
 
-def check_columns(names: list[str], source: str) -> None:
-    """Structural check of a file's columns (names the file and the column)."""
+def _readable(t: pa.DataType, *kinds) -> bool:
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return any(k(t) for k in kinds)
+
+
+_EVENT_COLUMN_TYPES = {
+    "user_id": (pa.types.is_integer, pa.types.is_string, pa.types.is_large_string),
+    "item_id": (pa.types.is_integer, pa.types.is_string, pa.types.is_large_string),
+    "event": (pa.types.is_string, pa.types.is_large_string),
+    "ts": (pa.types.is_timestamp, pa.types.is_string, pa.types.is_large_string),
+    "dwell_s": (pa.types.is_integer, pa.types.is_floating, pa.types.is_null),
+}
+
+
+def check_columns(events_schema: pa.Schema | list[str], source: str) -> None:
+    """Structural check of a file's schema: required columns present, types readable.
+
+    Names the file and the column, so a broken file fails before any work starts.
+    """
+    names = events_schema if isinstance(events_schema, list) else events_schema.names
     for col in REQUIRED_EVENT_COLUMNS:
         if col not in names:
             raise ContractError(f"{source}: missing required column '{col}' (has: {', '.join(names)})")
+    if isinstance(events_schema, list):
+        return
+    for col, kinds in _EVENT_COLUMN_TYPES.items():
+        if col in names and not _readable(events_schema.field(col).type, *kinds):
+            raise ContractError(f"{source}: column '{col}' has type {events_schema.field(col).type}, "
+                                "which cannot be read as the events contract's type")
 
 
 def _parse_ts(col: pa.ChunkedArray | pa.Array, source: str) -> tuple[pa.Array, pa.Array]:
@@ -146,7 +175,7 @@ def validate_events(raw: pa.Table, source: str) -> tuple[pa.Table, pa.Table]:
     If a ``dt`` partition column is present, each row's UTC date must match it.
     Rejected rows keep every input value, rendered as strings.
     """
-    check_columns(raw.column_names, source)
+    check_columns(raw.schema, source)
     ts, bad_ts = _parse_ts(raw["ts"], source)
     body = raw.drop_columns(["ts"]).append_column("ts", ts)
     events = conform(body, EVENTS, source)

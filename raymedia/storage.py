@@ -241,7 +241,7 @@ def read_committed(output_uri: str, d: dt.date | str, table: str):
         raise FileNotFoundError(f"dt={day(d)} has no committed '{table}' "
                                 f"(tables: {', '.join(sorted(c.files))})")
     fs, _ = resolve(output_uri)
-    return pq.ParquetDataset([resolve(u)[1] for u in uris], filesystem=fs).read()
+    return pq.ParquetDataset([resolve(u)[1] for u in uris], filesystem=fs, partitioning=None).read()
 
 
 def write_partitioned(table: pa.Table, uri: str, filename: str) -> list[str]:

@@ -28,14 +28,17 @@ def ray_session():
     ray.shutdown()
 
 
-def small_config(root: str, **overrides):
-    from raymedia import config
-    sets = [f"data.events_uri={root}/events", f"data.catalog_uri={root}/catalog",
+def small_overrides(root: str, *extra: str) -> list[str]:
+    """``--set`` values of the small test configuration (also passed to subprocesses)."""
+    return [f"data.events_uri={root}/events", f"data.catalog_uri={root}/catalog",
             f"output.uri={root}/scores", f"output.models_uri={root}/models",
             "data.lookback_days=14", "data.history_len=30", "train.epochs=6", "train.batch_size=32",
-            "score.top_k=20", "score.batch_size=256", "ray.progress_bars=false"]
-    sets += [f"{k}={v}" for k, v in overrides.items()]
-    return config.load(None, sets)
+            "score.top_k=20", "score.batch_size=256", "ray.progress_bars=false", *extra]
+
+
+def small_config(root: str, *extra: str):
+    from raymedia import config
+    return config.load(None, small_overrides(root, *extra))
 
 
 @pytest.fixture(scope="session")

@@ -55,10 +55,10 @@ def preflight(partitions: list[str]) -> list[str]:
     def check(uri: str) -> None:
         fs, path = storage.resolve(uri)
         try:
-            names = pq.read_schema(path, filesystem=fs).names
+            file_schema = pq.read_schema(path, filesystem=fs)
         except (pa.ArrowInvalid, OSError) as exc:
             raise schema.ContractError(f"{uri}: not a readable Parquet file: {exc}") from exc
-        schema.check_columns(names, uri)
+        schema.check_columns(file_schema, uri)
 
     with ThreadPoolExecutor(max_workers=16) as pool:
         list(pool.map(check, files))

