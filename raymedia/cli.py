@@ -50,6 +50,20 @@ def parser(prog: str = "raymedia") -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--overwrite", action="store_true", help="replace events already under --out")
 
+    i = sub.add_parser("import", help="import MovieLens or SASRec-format interactions as events")
+    i.add_argument("--format", required=True, choices=["movielens", "sasrec"])
+    i.add_argument("path", help="ratings.dat, u.data, ratings.csv, or a SASRec .txt (any URI)")
+    i.add_argument("--out", required=True, help="output root URI (events/ and catalog/ go under it)")
+    i.add_argument("--start", type=_date, default=dt.date(2026, 1, 1),
+                   help="first timestamp's day for formats without timestamps (sasrec)")
+
+    s = sub.add_parser("show", help="print a committed day's outputs")
+    s.add_argument("uri", help="output root (output.uri)")
+    s.add_argument("--dt", type=_date, required=True)
+    s.add_argument("--table", default="recommendations",
+                   help="recommendations, predictions or rejects")
+    s.add_argument("--limit", type=int, default=10)
+
     for name, helptext in (("run", "nightly run for one day: train (optional), score, commit, evaluate"),
                            ("train", "train the models on the window before a day"),
                            ("score", "score and commit a day with the latest models")):
@@ -127,6 +141,33 @@ def demo(args) -> int:
     return 0
 
 
+def import_cmd(args) -> int:
+    from raymedia.data.importers import import_events
+    start = dt.datetime.combine(args.start, dt.time(), dt.timezone.utc)
+    s = import_events(args.format, args.path, args.out, start)
+    print(json.dumps({**s.__dict__, "next_day": s.next_day}, indent=2))
+    days = (dt.date.fromisoformat(s.last_day) - dt.date.fromisoformat(s.first_day)).days + 1
+    print(f"run it: raymedia run --date {s.next_day} --set data.events_uri={s.events_uri} "
+          f"--set data.catalog_uri={s.catalog_uri} --set data.lookback_days={days}", file=sys.stderr)
+    return 0
+
+
+def show(args) -> int:
+    """A committed day: its commit, then the first rows of one table (only committed files)."""
+    c = storage.read_commit(args.uri, args.dt)
+    if c is None:
+        raise FileNotFoundError(f"no committed output for dt={args.dt} under {args.uri}")
+    print(f"dt={c.dt} run={c.run_id} generation={c.generation} created={c.created_at}")
+    print(f"rows: {c.rows}  models: {c.model_versions}")
+    df = storage.read_committed(args.uri, args.dt, args.table).slice(0, args.limit).to_pandas()
+    for col in df.columns:          # long lists: show their head
+        if len(df) and hasattr(df[col].iloc[0], "__len__") and not isinstance(df[col].iloc[0], str):
+            df[col] = df[col].map(lambda v: ", ".join(f"{x:.3g}" if isinstance(x, float) else str(x)
+                                                      for x in list(v)[:5]) + (" ..." if len(v) > 5 else ""))
+    print(df.to_string(index=False))
+    return 0
+
+
 def main(argv: list[str] | None = None, prog: str = "raymedia") -> int:
     args = parser(prog).parse_args(argv)
     _quiet_logs()
@@ -140,6 +181,10 @@ def main(argv: list[str] | None = None, prog: str = "raymedia") -> int:
             return 0
         if args.command == "demo":
             return demo(args)
+        if args.command == "import":
+            return import_cmd(args)
+        if args.command == "show":
+            return show(args)
         cfg = config_mod.load(args.config, args.overrides)
         if args.command == "config":
             print(config_mod.dump(cfg), end="")

@@ -152,7 +152,10 @@ class Scorer(_Models):
             seq = self.models["sequence"].model
             h = seq.user_states(x)
             p_return = torch.sigmoid(seq.return_logit(h, x)).float()
-            next_cat = seq.category_head(seq.user_vectors(x, h))[:, 1:].argmax(1) + 1
+            logits = seq.category_head(seq.user_vectors(x, h))
+            # index 0 is 'unknown': predict a named category when the catalog has any
+            next_cat = (logits[:, 1:].argmax(1) + 1 if logits.shape[1] > 1
+                        else torch.zeros(len(logits), dtype=torch.long, device=logits.device))
         return {"scores": scores, "idx": idx, "p_return": p_return, "next_category": next_cat}
 
     def __call__(self, batch: pa.Table) -> pa.Table:

