@@ -97,6 +97,14 @@ class OutputConfig:
 
 
 @dataclass
+class StorageConfig:
+    """Object-store settings that are not secrets. Credentials come only from the standard
+    AWS chain (environment, ~/.aws, instance role), never from this config."""
+    endpoint_url: Optional[str] = _f(None, doc="S3-compatible endpoint (else AWS_ENDPOINT_URL / AWS)")
+    region: Optional[str] = _f(None, doc="S3 region (else AWS_REGION / the AWS config)")
+
+
+@dataclass
 class RayConfig:
     address: Optional[str] = _f(None, doc="Ray address; None starts or joins a local Ray")
     num_cpus: Optional[int] = _f(None, lo=1, doc="CPUs for a local Ray started by raymedia")
@@ -112,6 +120,7 @@ class Config:
     score: ScoreConfig = field(default_factory=ScoreConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
     def to_dict(self) -> dict:

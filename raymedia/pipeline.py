@@ -25,12 +25,17 @@ MODEL_KINDS = ("two_tower", "sequence")
 
 
 def init_ray(cfg: Config) -> None:
-    """Join the configured cluster (or the one ``ray job submit`` runs us on), else start one."""
+    """Join the configured cluster (or the one ``ray job submit`` runs us on), else start one.
+
+    Non-secret storage settings travel to the workers in the job's runtime_env.
+    """
+    env = storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
     if not ray.is_initialized():
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")
         ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus,
                  logging_level=logging.WARNING, include_dashboard=None,
-                 configure_logging=True, log_to_driver=True)
+                 configure_logging=True, log_to_driver=True,
+                 runtime_env={"env_vars": env} if env else None)
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = cfg.ray.progress_bars
     ctx.print_on_execution_start = False
@@ -79,6 +84,7 @@ def prepare(cfg: Config, day: dt.date, new_vocab: bool, run_id: str, secs: dict)
     otherwise the latest model's vocabulary is used, as scoring must. Rejected
     rows and counts are written under the run's (uncommitted) directory.
     """
+    storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
     partitions = read.event_partitions(cfg.data.events_uri, read.window(day, cfg.data.lookback_days))
     read.preflight(partitions)
     init_ray(cfg)

@@ -29,6 +29,22 @@ import pyarrow.parquet as pq
 COMMIT_FILE = "_COMMIT.json"
 
 
+def configure(endpoint_url: str | None = None, region: str | None = None) -> dict[str, str]:
+    """Export non-secret S3 settings to this process's environment; returns them.
+
+    botocore (and so s3fs and every Ray worker that gets the same variables
+    through the job's runtime_env) reads ``AWS_ENDPOINT_URL`` / ``AWS_REGION``;
+    credentials stay with the standard AWS chain and are never read or logged here.
+    """
+    env = {}
+    if endpoint_url:
+        env["AWS_ENDPOINT_URL"] = endpoint_url
+    if region:
+        env["AWS_REGION"] = env["AWS_DEFAULT_REGION"] = region
+    os.environ.update(env)
+    return env
+
+
 def _fsspec(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     fs, path = fsspec.core.url_to_fs(uri)
     return fs, path

