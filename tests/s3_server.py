@@ -36,6 +36,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -210,7 +211,8 @@ class S3Server:
             config=Config(retries={"max_attempts": 1}, connect_timeout=2, read_timeout=10))
 
     def start(self) -> None:
-        """Start weed and block until a signed S3 request succeeds."""
+        """Start weed (no-op if running) and block until it serves S3 and its
+        existing data; raise S3ServerError with weed's log tail otherwise."""
         if self.proc is not None and self.proc.poll() is None:
             return
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -233,20 +235,39 @@ class S3Server:
         self.startup_s = time.monotonic() - t0
 
     def _wait_ready(self, deadline: float) -> None:
-        """Poll ListBuckets (signed, so auth config is loaded) until it answers 200."""
+        """Wait until S3 answers a signed ListBuckets (so the auth config is
+        loaded) AND the master knows every volume on disk.
+
+        Why the second check: mini reports S3 ready before the volume server's
+        first heartbeat reaches the master; a GET right after a restart then
+        fails with 500 InternalError ("volume 1 not found"), seen 1 in 3 runs.
+        """
         import botocore.exceptions
         client, last = self.client(), "no attempt"
+        on_disk = len(list(self.data_dir.glob("*.dat")))
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise S3ServerError(f"weed exited with {self.proc.returncode} during startup\n{self.log_tail()}")
             try:
                 client.list_buckets()
-                return
-            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
+                nodes, volumes = self._registered_volumes()
+                if nodes and volumes >= on_disk:
+                    return
+                last = f"master knows {nodes} volume server(s), {volumes}/{on_disk} volumes"
+            except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, OSError, ValueError) as e:
                 last = repr(e)
-            time.sleep(0.2)
+            time.sleep(0.1)
         raise S3ServerError(f"S3 at {self.endpoint_url} not ready after {READY_TIMEOUT_S:.0f}s "
-                            f"(last error: {last})\n{self.log_tail()}")
+                            f"(last: {last})\n{self.log_tail()}")
+
+    def _registered_volumes(self) -> tuple[int, int]:
+        """(volume servers, volumes) that the master has heard of (its /dir/status)."""
+        url = f"http://{HOST}:{self.ports['master.port']}/dir/status"
+        with urllib.request.urlopen(url, timeout=2) as r:
+            topo = json.load(r)["Topology"]
+        nodes = [dn for dc in topo.get("DataCenters") or [] for rack in dc.get("Racks") or []
+                 for dn in rack.get("DataNodes") or []]
+        return len(nodes), sum(dn.get("Volumes", 0) for dn in nodes)
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
         """SIGTERM weed's process group, SIGKILL it if still alive after `timeout`
