@@ -174,6 +174,11 @@ def create_exclusive(uri: str, data: bytes) -> bool:
         return True
     except FileExistsError:
         return False
+    except OSError as exc:      # s3fs reports some servers' 412 as EINVAL: look at the cause
+        code = getattr(exc.__cause__, "response", {}).get("Error", {}).get("Code")
+        if code in ("PreconditionFailed", "412"):
+            return False
+        raise
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,25 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
 
 @pytest.fixture(scope="session")
-def ray_session():
+def s3(tmp_path_factory):
+    """A real S3-compatible server (SeaweedFS) on loopback for the whole session.
+
+    Its endpoint and (test-only) credentials go into this process's environment
+    before Ray starts, so Ray workers find the server through the standard AWS
+    variables, exactly as on a real cluster.
+    """
+    from s3_server import running_s3_server
+    with running_s3_server(tmp_path_factory.mktemp("s3")) as server:
+        server.make_bucket("raymedia")
+        saved = {k: os.environ.get(k) for k in server.env()}
+        os.environ.update(server.env())
+        yield server
+        for k, v in saved.items():
+            os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+@pytest.fixture(scope="session")
+def ray_session(s3):
     import ray
     ray.init(num_cpus=2, include_dashboard=None, logging_level=logging.WARNING,
              configure_logging=True)

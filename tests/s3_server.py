@@ -44,7 +44,7 @@ from typing import Iterator
 
 HOST = "127.0.0.1"
 READY_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 15.0       # mini stops in 2-4 s on SIGTERM; past this we SIGKILL
+STOP_TIMEOUT_S = 10.0       # mini stops in 2-4 s on SIGTERM, but now and then hangs
 GRPC_OFFSET = 10000         # weed's convention: grpc port = http port + 10000
 # Every component weed mini starts gets explicit ports, so nothing lands on a
 # default port (defaults would collide between concurrent test runs).
@@ -270,8 +270,10 @@ class S3Server:
         return len(nodes), sum(dn.get("Volumes", 0) for dn in nodes)
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
-        """SIGTERM weed's process group, SIGKILL it if still alive after `timeout`
-        seconds (timeout=0: SIGKILL at once, i.e. a crash, not a clean shutdown)."""
+        """SIGTERM weed's process group; if it is still alive after `timeout`
+        seconds, SIGQUIT it (Go then dumps every goroutine into weed.log, which
+        explains the hang) and SIGKILL the group. timeout=0: SIGKILL at once,
+        i.e. a crash rather than a clean shutdown."""
         proc, self.proc = self.proc, None
         if proc is None:
             return
@@ -280,7 +282,11 @@ class S3Server:
             try:
                 proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                pass
+                _signal_group(proc, signal.SIGQUIT)
+                try:
+                    proc.wait(3)
+                except subprocess.TimeoutExpired:
+                    pass
         _signal_group(proc, signal.SIGKILL)     # no-op if gone; reaps stragglers in the group
         proc.wait()
         self._remove_sockets()

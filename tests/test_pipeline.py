@@ -116,3 +116,13 @@ def test_never_recommends_items_the_catalog_marks_unavailable(trained_run):
     recs = storage.read_committed(cfg.output.uri, res.dt, "recommendations")
     recommended = {i for items in recs["items"].to_pylist() for i in items}
     assert not recommended & blocked
+
+
+def test_duckdb_reads_a_committed_day_from_the_files_the_manifest_names(trained_run):
+    import duckdb
+    cfg, res = trained_run["cfg"], trained_run["result"]
+    commit = storage.read_commit(cfg.output.uri, res.dt)
+    files = commit.uris(cfg.output.uri, "recommendations")
+    row = duckdb.sql(f"select count(*), count(distinct user_id), min(len(items)) "
+                     f"from read_parquet({files})").fetchone()
+    assert row == (commit.rows["recommendations"],) * 2 + (cfg.score.top_k,)
