@@ -124,5 +124,5 @@ def test_duckdb_reads_a_committed_day_from_the_files_the_manifest_names(trained_
     commit = storage.read_commit(cfg.output.uri, res.dt)
     files = commit.uris(cfg.output.uri, "recommendations")
     row = duckdb.sql(f"select count(*), count(distinct user_id), min(len(items)) "
-                     f"from read_parquet({files})").fetchone()
+                     f"from read_parquet({files})").fetchall()[0]
     assert row == (commit.rows["recommendations"],) * 2 + (cfg.score.top_k,)
