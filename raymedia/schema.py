@@ -202,6 +202,5 @@ def validate_events(raw: pa.Table, source: str) -> tuple[pa.Table, pa.Table]:
 
 def _duplicates(events: pa.Table) -> pa.Array:
     """True for exact repeats of an earlier row (same user, item, event, ts) in the table."""
-    import pandas as pd
     df = events.select(["user_id", "item_id", "event", "ts"]).to_pandas()
     return pa.array(df.duplicated(keep="first").to_numpy(), pa.bool_())

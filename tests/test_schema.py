@@ -40,7 +40,6 @@ def test_uncastable_column_names_file_and_column():
 
 
 def test_each_bad_row_gets_its_reason_and_valid_rows_are_untouched():
-    H = 3600
     raw = pa.table({
         "user_id": pa.array([1, None, 3, 4, 5, 6, 7, 8, 8, 9]),
         "item_id": pa.array(["a", "b", None, "d", "e", "f", "g", "h", "h", "i"]),
