@@ -94,7 +94,7 @@ def main() -> None:
 
     # the same histories, in process
     secs: dict = {}
-    inputs = pipeline.prepare(cfg, day, False, storage.new_run_id(), secs)
+    inputs = pipeline.prepare(cfg, day, uris["sequence"], storage.new_run_id(), secs)
     table = pa.concat_tables(ray.get(inputs.histories.to_arrow_refs()))
     scorer = Scorer(uris, cfg, day.isoformat())
     t0 = time.perf_counter()

@@ -75,3 +75,27 @@ def latest(models_uri: str, kind: str) -> str:
     if not storage.exists(pointer):
         raise FileNotFoundError(f"no published {kind} model under {models_uri} (train one first)")
     return storage.join(models_uri, kind, storage.read_json(pointer)["version"])
+
+
+def version_uri(models_uri: str, kind: str, version: str) -> str:
+    uri = storage.join(models_uri, kind, version)
+    if not storage.exists(storage.join(uri, META)):
+        raise FileNotFoundError(f"no {kind} model version {version!r} under {models_uri}")
+    return uri
+
+
+def as_of(models_uri: str, kind: str, day: str) -> str:
+    """The newest published model of a kind trained on data before ``day`` (point in time).
+
+    A backfill of day D must not use a model that saw events after D.
+    """
+    found = []
+    for uri in storage.list_files(storage.join(models_uri, kind)):
+        if uri.endswith("/" + META):
+            meta = storage.read_json(uri)
+            if meta.get("trained_asof", "9999") <= day:
+                found.append((meta["trained_asof"], meta["version"], uri.rsplit("/", 1)[0]))
+    if not found:
+        raise FileNotFoundError(f"no {kind} model under {models_uri} was trained before dt={day}; "
+                                "name one with --model-version or retrain with --train")
+    return max(found)[2]

@@ -1,4 +1,4 @@
-"""The ``raymedia`` command: demo, generate, run, train, config."""
+"""The ``raymedia`` command: demo, generate, import, run, train, score, backfill, show, config."""
 
 from __future__ import annotations
 
@@ -73,6 +73,15 @@ def parser(prog: str = "raymedia") -> argparse.ArgumentParser:
             r.add_argument("--no-train", action="store_true", help="score with the latest models")
         _config_args(r)
 
+    b = sub.add_parser("backfill", help="run a date range day by day, point in time, resumable")
+    b.add_argument("--start", type=_date, required=True, help="first day to produce")
+    b.add_argument("--end", type=_date, required=True, help="last day to produce (inclusive)")
+    b.add_argument("--overwrite", action="store_true", help="recompute days already committed")
+    b.add_argument("--model-version", help="score every day with this model version "
+                   "(default: for each day, the newest model trained before it)")
+    b.add_argument("--train", action="store_true", help="retrain for every day instead")
+    _config_args(b)
+
     c = sub.add_parser("config", help="print the resolved config")
     c.add_argument("action", choices=["show"])
     _config_args(c)
@@ -105,6 +114,12 @@ def _run(cfg, args) -> int:
     if args.command == "train":
         uris = pipeline.train_day(cfg, args.date)
         print(json.dumps({"models": uris}, indent=2))
+        return 0
+    if args.command == "backfill":
+        results = pipeline.backfill(cfg, args.start, args.end, overwrite=args.overwrite,
+                                    model_version=args.model_version, train_models=args.train,
+                                    echo=lambda line: print(line, flush=True))
+        print(json.dumps({"committed": [r.dt for r in results]}))
         return 0
     train = args.command == "run" and not args.no_train
     result = pipeline.run_day(cfg, args.date, train_models=train)

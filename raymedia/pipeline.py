@@ -77,12 +77,12 @@ def run_uri(cfg: Config, day: dt.date, run_id: str) -> str:
     return storage.join(storage.partition(cfg.output.uri, day), f"run={run_id}")
 
 
-def prepare(cfg: Config, day: dt.date, new_vocab: bool, run_id: str, secs: dict) -> Inputs:
+def prepare(cfg: Config, day: dt.date, vocab_from: str | None, run_id: str, secs: dict) -> Inputs:
     """Read the window before ``day``, validate it and build each user's history.
 
-    ``new_vocab`` builds the vocabulary from catalog + logs (training);
-    otherwise the latest model's vocabulary is used, as scoring must. Rejected
-    rows and counts are written under the run's (uncommitted) directory.
+    ``vocab_from`` is the model whose vocabulary scoring must use; None builds a
+    new vocabulary from catalog + logs (training). Rejected rows and counts are
+    written under the run's (uncommitted) directory.
     """
     storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
     partitions = read.event_partitions(cfg.data.events_uri, read.window(day, cfg.data.lookback_days))
@@ -92,11 +92,10 @@ def prepare(cfg: Config, day: dt.date, new_vocab: bool, run_id: str, secs: dict)
     with _timed(secs, "read"):
         events = read.read_events(cfg.data.events_uri, partitions)
     with _timed(secs, "vocabulary"):
-        if new_vocab:
+        if vocab_from is None:
             vocab = Vocab.build(read.read_catalog(cfg.data.catalog_uri), read.distinct_items(events))
         else:
-            vocab = Vocab.load(storage.join(checkpoint.latest(cfg.output.models_uri, "sequence"),
-                                            checkpoint.VOCAB))
+            vocab = Vocab.load(storage.join(vocab_from, checkpoint.VOCAB))
     with _timed(secs, "histories"):
         # one extra event so evaluation can hold the last one out and keep history_len inputs
         histories = read.build_histories(events, vocab, cfg.data.history_len + 1,
@@ -128,16 +127,34 @@ def train_all(cfg: Config, inputs: Inputs, secs: dict) -> dict[str, str]:
 def train_day(cfg: Config, day: dt.date) -> dict[str, str]:
     """Train only (``jobs/train.py``); the run's rejects stay in its uncommitted directory."""
     secs: dict[str, float] = {}
-    return train_all(cfg, prepare(cfg, day, True, storage.new_run_id(), secs), secs)
+    return train_all(cfg, prepare(cfg, day, None, storage.new_run_id(), secs), secs)
 
 
-def run_day(cfg: Config, day: dt.date, train_models: bool = True, run_id: str | None = None) -> RunResult:
-    """Score every user active in the look-back window before ``day`` and commit day ``day``."""
+def scoring_models(cfg: Config, day: dt.date, version: str | None = None,
+                   point_in_time: bool = False) -> dict[str, str]:
+    """Which published models score ``day``: a named version, the newest trained
+    before ``day`` (backfills), or simply the latest (nightly)."""
+    def pick(kind: str) -> str:
+        if version:
+            return checkpoint.version_uri(cfg.output.models_uri, kind, version)
+        if point_in_time:
+            return checkpoint.as_of(cfg.output.models_uri, kind, day.isoformat())
+        return checkpoint.latest(cfg.output.models_uri, kind)
+    return {kind: pick(kind) for kind in MODEL_KINDS}
+
+
+def run_day(cfg: Config, day: dt.date, train_models: bool = True, run_id: str | None = None,
+            models: dict[str, str] | None = None) -> RunResult:
+    """Score every user active in the look-back window before ``day`` and commit day ``day``.
+
+    Trains first when ``train_models``; otherwise scores with ``models`` (default: latest).
+    """
     run_id = run_id or storage.new_run_id()
     base_generation = storage.generation(cfg.output.uri, day)
     secs: dict[str, float] = {}
-    inputs = prepare(cfg, day, train_models, run_id, secs)
-    model_uris = train_all(cfg, inputs, secs) if train_models else {}
+    models = None if train_models else (models or scoring_models(cfg, day))
+    inputs = prepare(cfg, day, None if train_models else models["sequence"], run_id, secs)
+    model_uris = train_all(cfg, inputs, secs) if train_models else dict(models)
     for kind in MODEL_KINDS:
         model_uris.setdefault(kind, checkpoint.latest(cfg.output.models_uri, kind))
     day_uri = storage.partition(cfg.output.uri, day)
@@ -202,3 +219,27 @@ def _remove_unlisted(run_uri: str, day_uri: str, files: dict[str, list[str]]) ->
 
 def summary_dict(result: RunResult) -> dict:
     return asdict(result)
+
+
+def backfill(cfg: Config, start: dt.date, end: dt.date, overwrite: bool = False,
+             model_version: str | None = None, train_models: bool = False,
+             echo=print) -> list[RunResult]:
+    """Run days ``start..end`` in order, point in time; committed days are skipped
+    unless ``overwrite``, so a killed backfill started again resumes where it stopped."""
+    days = [start + dt.timedelta(days=i) for i in range((end - start).days + 1)]
+    if not days:
+        raise ValueError(f"--end {end} is before --start {start}")
+    results, t_start = [], time.perf_counter()
+    for i, day in enumerate(days, 1):
+        if not overwrite and storage.read_commit(cfg.output.uri, day) is not None:
+            echo(f"[{i}/{len(days)}] dt={day} already committed, skipped")
+            continue
+        t0 = time.perf_counter()
+        models = None if train_models else scoring_models(cfg, day, model_version, point_in_time=True)
+        r = run_day(cfg, day, train_models=train_models, models=models)
+        results.append(r)
+        echo(f"[{i}/{len(days)}] dt={day} committed {r.counts['users_scored']} users "
+             f"from {r.counts['input_rows']} rows in {time.perf_counter() - t0:.0f}s "
+             f"(model {r.model_uris['sequence'].rsplit('/', 1)[1]}); {len(days) - i} day(s) left, "
+             f"{time.perf_counter() - t_start:.0f}s so far")
+    return results

@@ -44,8 +44,8 @@ def test_generate_writes_and_refuses_to_clobber_foreign_events(capsys, tmp_path)
 
 
 def test_jobs_are_runnable_entry_points():
-    for job in ("nightly", "train", "score"):
+    for job in ("nightly", "train", "score", "backfill"):
         r = subprocess.run([sys.executable, f"jobs/{job}.py", "--help"], cwd=ROOT,
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr
-        assert "--date" in r.stdout and f"jobs/{job}.py" in r.stdout
+        assert ("--start" if job == "backfill" else "--date") in r.stdout and f"jobs/{job}.py" in r.stdout
