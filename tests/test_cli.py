@@ -24,12 +24,15 @@ def test_bad_config_exits_2_naming_the_field(capsys):
     assert "score.top_k must be >= 1, got 0" in capsys.readouterr().err
 
 
-def test_run_with_no_events_fails_clearly_before_starting_ray(capsys, tmp_path):
-    import ray
-    rc = main(["score", "--date", "2026-01-10", "--set", f"data.events_uri={tmp_path}/none"])
-    assert rc == 2
-    assert "no event partitions for 2025-12-13..2026-01-09" in capsys.readouterr().err
-    assert not ray.is_initialized()
+def test_run_with_no_events_fails_clearly_before_starting_ray(tmp_path):
+    code = ("import sys, ray; from raymedia.cli import main; "
+            "rc = main(sys.argv[1:]); print('ray started:', ray.is_initialized()); sys.exit(rc)")
+    r = subprocess.run([sys.executable, "-c", code, "run", "--date", "2026-01-10",
+                        "--set", f"data.events_uri={tmp_path}/none"],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 2
+    assert "no event partitions for 2025-12-13..2026-01-09" in r.stderr
+    assert "ray started: False" in r.stdout
 
 
 def test_generate_writes_and_refuses_to_clobber_foreign_events(capsys, tmp_path):
