@@ -4,22 +4,88 @@ A checkpoint directory holds ``model.pt`` (a state dict of tensors, loaded with
 ``torch.load(weights_only=True)``), ``model.json`` (kind, constructor args,
 sizes, metrics) and ``vocab.parquet``. Published models live under
 ``<models_uri>/<kind>/<version>/`` with ``<kind>/LATEST.json`` naming the newest.
+
+Tamper evidence: ``publish`` records the sha256 of every file of a version in a
+registry record *outside* the version's directory,
+``<models_uri>/<kind>/_versions/<version>.json`` (and in LATEST.json). ``load``
+hashes the exact bytes it is about to deserialise and refuses a checkpoint
+whose files differ from the record (TamperedCheckpoint names the file), or that
+has no record at all. Each day's ``_COMMIT.json`` also lists the sha256 of the
+models that scored it, so a later swap of a model is visible in every commit.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import io
 import json
 import os
 from dataclasses import dataclass
 
-import pyarrow.fs as pafs
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from raymedia import models, storage
 from raymedia.data.vocab import Vocab
 
 WEIGHTS, META, VOCAB = "model.pt", "model.json", "vocab.parquet"
+FILES = (WEIGHTS, META, VOCAB)
+KINDS = ("two_tower", "sequence")
+REGISTRY = "_versions"
+
+
+class TamperedCheckpoint(ValueError):
+    """A published checkpoint's files do not match its registry record."""
+
+
+def _split(uri: str) -> tuple[str, str, str]:
+    """(models_uri, kind, version) of a published model URI ``<models>/<kind>/<version>``."""
+    root_kind, version = uri.rstrip("/").rsplit("/", 1)
+    root, kind = root_kind.rsplit("/", 1)
+    storage.check_name(kind, "model kind")
+    storage.check_name(version, "model version")
+    return root, kind, version
+
+
+def record_uri(models_uri: str, kind: str, version: str) -> str:
+    """Where the registry record (sha256 of each file) of a published version lives."""
+    return storage.join(models_uri, storage.check_name(kind, "model kind"), REGISTRY,
+                        f"{storage.check_name(version, 'model version')}.json")
+
+
+def read_verified(uri: str) -> dict[str, bytes]:
+    """The bytes of every file of a published model, checked against its registry record.
+
+    Raises TamperedCheckpoint naming the file when a file's sha256 differs from
+    the one recorded at publish time, or when the version has no record.
+    """
+    root, kind, version = _split(uri)
+    rec_uri = record_uri(root, kind, version)
+    if not storage.exists(rec_uri):
+        raise TamperedCheckpoint(f"{uri}: no registry record {rec_uri}; only models published "
+                                 "by raymedia (with a sha256 per file) are loaded")
+    record = storage.read_json(rec_uri)
+    data = {}
+    for name in FILES:
+        blob = storage.read_bytes(storage.join(uri, name))
+        want = record.get("sha256", {}).get(name)
+        got = storage.sha256(blob)
+        if got != want:
+            raise TamperedCheckpoint(
+                f"{storage.join(uri, name)} has sha256 {got}, but {rec_uri} recorded {want} at "
+                "publish time: the checkpoint was modified after it was published; refusing to load it")
+        data[name] = blob
+    return data
+
+
+def verify(uri: str) -> dict:
+    """Check a published model against its registry record; returns
+    ``{"version", "sha256": {file: digest}}`` (what a commit records)."""
+    read_verified(uri)
+    root, kind, version = _split(uri)
+    record = storage.read_json(record_uri(root, kind, version))
+    return {"version": version, "sha256": record["sha256"]}
 
 
 def save_dir(path: str, model: torch.nn.Module, meta: dict, vocab: Vocab, extra: dict | None = None) -> None:
@@ -41,15 +107,31 @@ class Loaded:
     vocab: Vocab
 
 
+def _state(blob: bytes, device: str) -> dict[str, torch.Tensor]:
+    return torch.load(io.BytesIO(blob), map_location=device, weights_only=True)
+
+
+def _vocab(blob: bytes) -> Vocab:
+    return Vocab.from_table(pq.read_table(pa.BufferReader(blob)))
+
+
 def load_state(uri: str, device: str = "cpu") -> dict[str, torch.Tensor]:
-    return torch.load(io.BytesIO(storage.read_bytes(storage.join(uri, WEIGHTS))),
-                      map_location=device, weights_only=True)
+    """The verified weights of a published model (tensors only, no pickle)."""
+    return _state(read_verified(uri)[WEIGHTS], device)
+
+
+def load_vocab(uri: str) -> Vocab:
+    """The verified vocabulary of a published model."""
+    return _vocab(read_verified(uri)[VOCAB])
 
 
 def load(uri: str, device: str = "cpu") -> Loaded:
-    meta = storage.read_json(storage.join(uri, META))
-    vocab = Vocab.load(storage.join(uri, VOCAB))
-    state = {k: v for k, v in load_state(uri, device).items() if not k.startswith("__")}
+    """A published model, its metadata and vocabulary, each file verified against the
+    registry record before it is deserialised (weights with ``weights_only=True``)."""
+    files = read_verified(uri)
+    meta = json.loads(files[META])
+    vocab = _vocab(files[VOCAB])
+    state = {k: v for k, v in _state(files[WEIGHTS], device).items() if not k.startswith("__")}
     model = models.build(meta["kind"], meta["kwargs"], vocab.size, vocab.num_categories,
                          meta["max_len"], torch.as_tensor(vocab.item_category))
     model.load_state_dict(state)
@@ -57,28 +139,38 @@ def load(uri: str, device: str = "cpu") -> Loaded:
 
 
 def publish(src_dir_uri: str, models_uri: str, kind: str, version: str) -> str:
-    """Copy a finished checkpoint into the model registry and point LATEST at it."""
-    dst = storage.join(models_uri, kind, version)
-    src_fs, src_path = storage.resolve(src_dir_uri)
-    dst_fs, dst_path = storage.resolve(dst)
-    dst_fs.create_dir(dst_path, recursive=True)
-    for name in (WEIGHTS, META, VOCAB):
-        pafs.copy_files(f"{src_path}/{name}", f"{dst_path}/{name}",
-                        source_filesystem=src_fs, destination_filesystem=dst_fs)
-    storage.write_json(storage.join(models_uri, kind, "LATEST.json"), {"version": version})
+    """Copy a finished checkpoint into the model registry and point LATEST at it.
+
+    Each file is read once, hashed and written from the same bytes; the hashes go
+    into the version's registry record, written after the files and before LATEST.
+    """
+    dst = storage.join(models_uri, storage.check_name(kind, "model kind"),
+                       storage.check_name(version, "model version"))
+    digests = {}
+    for name in FILES:
+        blob = storage.read_bytes(storage.join(src_dir_uri, name))
+        storage.write_bytes(storage.join(dst, name), blob)
+        digests[name] = storage.sha256(blob)
+    record = {"kind": kind, "version": version, "sha256": digests,
+              "published_at": dt.datetime.now(dt.timezone.utc).isoformat()}
+    storage.write_json(record_uri(models_uri, kind, version), record)
+    storage.write_json(storage.join(models_uri, kind, "LATEST.json"),
+                       {"version": version, "sha256": digests})
     return dst
 
 
 def latest(models_uri: str, kind: str) -> str:
     """URI of the newest published model of a kind."""
-    pointer = storage.join(models_uri, kind, "LATEST.json")
+    pointer = storage.join(models_uri, storage.check_name(kind, "model kind"), "LATEST.json")
     if not storage.exists(pointer):
         raise FileNotFoundError(f"no published {kind} model under {models_uri} (train one first)")
-    return storage.join(models_uri, kind, storage.read_json(pointer)["version"])
+    version = storage.read_json(pointer).get("version")
+    return storage.join(models_uri, kind, storage.check_name(version, f"model version in {pointer}"))
 
 
 def version_uri(models_uri: str, kind: str, version: str) -> str:
-    uri = storage.join(models_uri, kind, version)
+    uri = storage.join(models_uri, storage.check_name(kind, "model kind"),
+                       storage.check_name(version, "model version"))
     if not storage.exists(storage.join(uri, META)):
         raise FileNotFoundError(f"no {kind} model version {version!r} under {models_uri}")
     return uri

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -23,8 +25,14 @@ class ConfigError(ValueError):
     pass
 
 
-def _f(default: Any, *, lo: float | None = None, hi: float | None = None, doc: str = "") -> Any:
-    return field(default=default, metadata={"lo": lo, "hi": hi, "doc": doc})
+def _f(default: Any, *, lo: float | None = None, hi: float | None = None, gt: float | None = None,
+       doc: str = "") -> Any:
+    """A field with bounds: ``lo <= value <= hi`` and ``value > gt``."""
+    return field(default=default, metadata={"lo": lo, "hi": hi, "gt": gt, "doc": doc})
+
+
+# fields holding storage locations: checked as URIs (no credentials, not empty)
+URI_FIELDS = ("data.events_uri", "data.catalog_uri", "output.uri", "output.models_uri")
 
 
 @dataclass
@@ -42,7 +50,7 @@ class DataConfig:
 class TwoTowerConfig:
     dim: int = _f(64, lo=4)
     hidden: int = _f(128, lo=4)
-    temperature: float = _f(0.07, lo=1e-4)
+    temperature: float = _f(0.07, gt=0.0)
     num_negatives: int = _f(512, lo=1, doc="popularity-sampled negatives per batch (plus in-batch)")
     positions_per_batch: int = _f(2048, lo=1, doc="training positions sampled per batch")
 
@@ -61,7 +69,7 @@ class SequenceConfig:
 class TrainConfig:
     epochs: int = _f(8, lo=1)
     batch_size: int = _f(64, lo=1, doc="sequences per step; small data needs many steps")
-    lr: float = _f(3e-3, lo=0.0)
+    lr: float = _f(3e-3, gt=0.0)
     weight_decay: float = _f(1e-4, lo=0.0)
     num_workers: int = _f(1, lo=1, doc="Ray Train workers (DDP ranks)")
     cpus_per_worker: int = _f(1, lo=1)
@@ -166,6 +174,8 @@ def _check(value: Any, tp: Any, name: str) -> Any:
         return value
     raise ConfigError(f"{name}: unsupported type {tp}")
 
+        if not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number, got {value!r}")
 
 def _build(cls: type, data: dict, prefix: str = "") -> Any:
     if not isinstance(data, dict):
@@ -185,7 +195,7 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
             continue
         value = data.get(name, f.default if f.default is not dataclasses.MISSING else None)
         value = _check(value, tp, full)
-        lo, hi = f.metadata.get("lo"), f.metadata.get("hi")
+        lo, hi, gt = f.metadata.get("lo"), f.metadata.get("hi"), f.metadata.get("gt")
         if value is not None and lo is not None and value < lo:
             raise ConfigError(f"{full} must be >= {lo}, got {value!r}")
         if value is not None and hi is not None and value > hi:
@@ -197,11 +207,34 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
 def _cross_checks(cfg: Config) -> None:
     if cfg.sequence.dim % cfg.sequence.heads:
         raise ConfigError(f"sequence.dim ({cfg.sequence.dim}) must be divisible by "
+        if value is not None and gt is not None and value <= gt:
+            raise ConfigError(f"{full} must be > {gt}, got {value!r}")
                           f"sequence.heads ({cfg.sequence.heads})")
     unknown = set(cfg.model_names()) - {"two_tower", "sequence"}
     if unknown:
         raise ConfigError(f"train.models has unknown model(s) {sorted(unknown)}; "
+def _check_locations(cfg: Config) -> None:
+    """Storage locations: real URIs without credentials; the endpoint a plain http(s) URL."""
+    from raymedia import storage
+    for name in URI_FIELDS:
+        section, key = name.split(".")
+        try:
+            storage.check_uri(getattr(getattr(cfg, section), key), name)
+        except storage.StorageError as exc:
+            raise ConfigError(str(exc)) from None
+    ep = cfg.storage.endpoint_url
+    if ep is not None:
+        m = re.fullmatch(r"https?://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\])(:\d{1,5})?/?", ep)
+        if not m:
+            raise ConfigError(f"storage.endpoint_url must look like http(s)://host[:port], got "
+                              f"{storage.redact(ep)!r}" + (" (credentials are not allowed in it)"
+                                                           if "@" in ep else ""))
+    if cfg.storage.region is not None and not re.fullmatch(r"[a-z0-9-]{1,32}", cfg.storage.region):
+        raise ConfigError(f"storage.region must look like us-east-1, got {cfg.storage.region!r}")
+
+
                           "choose from two_tower, sequence")
+    _check_locations(cfg)
 
 
 def from_dict(data: dict) -> Config:

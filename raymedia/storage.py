@@ -13,8 +13,11 @@ them. Readers read only what a commit names, so a crashed run is invisible.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
+import re
+import urllib.parse
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,15 +30,59 @@ import pyarrow.parquet as pq
 
 COMMIT_FILE = "_COMMIT.json"
 
+# Object-store retries: botocore's "standard" mode retries connection errors,
+# throttling (SlowDown, 503) and 5xx with jittered exponential backoff; 10
+# attempts ride out an outage of about half a minute (the default "legacy" mode
+# gives up after ~5 s). Set here, at import, so every process that touches
+# storage (the driver and each Ray worker) gets it; the operator's own values win.
+RETRY_ENV = {"AWS_RETRY_MODE": "standard", "AWS_MAX_ATTEMPTS": "10"}
+for _k, _v in RETRY_ENV.items():
+    os.environ.setdefault(_k, _v)
+
+
+class StorageError(ValueError):
+    """A URI or path that raymedia refuses to use (reported as a usage error)."""
+
+
+class OutputNotWritable(StorageError):
+    """The output location cannot be written: found before any expensive work."""
+
+
+def redact(uri: str) -> str:
+    """The URI with any ``user:password@`` removed, for messages."""
+    if "://" not in uri:
+        return uri
+    parts = urllib.parse.urlsplit(uri)
+    if parts.username is None and parts.password is None and "@" not in parts.netloc:
+        return uri
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urllib.parse.urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, parts.fragment))
+
+
+def check_uri(uri: str, what: str = "URI") -> str:
+    """Refuse URIs that carry credentials (``s3://key:secret@bucket``) or control
+    characters. Credentials come only from the standard AWS chain; a secret in a
+    URI would end up in logs, commits and exception messages."""
+    if not isinstance(uri, str) or not uri.strip():
+        raise StorageError(f"{what} is empty")
+    if any(ord(c) < 32 or ord(c) == 127 for c in uri):
+        raise StorageError(f"{what} {redact(uri)!r} contains control characters")
+    if "://" in uri and "@" in urllib.parse.urlsplit(uri).netloc:
+        raise StorageError(f"{what} {redact(uri)} carries credentials (user:password@); "
+                           "give them through the standard AWS chain (environment, ~/.aws, "
+                           "instance role) instead")
+    return uri
+
 
 def configure(endpoint_url: str | None = None, region: str | None = None) -> dict[str, str]:
     """Export non-secret S3 settings to this process's environment; returns them.
 
     botocore (and so s3fs and every Ray worker that gets the same variables
-    through the job's runtime_env) reads ``AWS_ENDPOINT_URL`` / ``AWS_REGION``;
-    credentials stay with the standard AWS chain and are never read or logged here.
+    through the job's runtime_env) reads ``AWS_ENDPOINT_URL`` / ``AWS_REGION``
+    and the retry policy ``AWS_RETRY_MODE`` / ``AWS_MAX_ATTEMPTS``; credentials
+    stay with the standard AWS chain and are never read or logged here.
     """
-    env = {}
+    env = {k: os.environ.get(k, v) for k, v in RETRY_ENV.items()}
     if endpoint_url:
         env["AWS_ENDPOINT_URL"] = endpoint_url
     if region:
@@ -59,7 +106,8 @@ def local_path(uri: str) -> str:
 
 
 def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
-    """(pyarrow filesystem, path inside it) for any fsspec URI."""
+    """(pyarrow filesystem, path inside it) for any fsspec URI (never one with credentials)."""
+    check_uri(uri)
     if is_local(uri):
         return pafs.LocalFileSystem(), local_path(uri)
     fs, path = _fsspec(uri)
@@ -127,9 +175,22 @@ def list_files(uri: str) -> list[str]:
 
 
 def day(d: dt.date | str) -> str:
-    """Validated ``YYYY-MM-DD``: partition paths are built only from these."""
+    """Validated ``YYYY-MM-DD``: partition paths are built only from these.
+
+    A string must be a real calendar date written ``YYYY-MM-DD`` (``2026-02-30``,
+    ``../x`` or ``2026-01-01/..`` fail), so no input can add a path component.
+    """
+    if isinstance(d, dt.datetime):
+        d = d.date()
     if isinstance(d, str):
-        d = dt.date.fromisoformat(d)
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", d):
+            raise StorageError(f"not a date (YYYY-MM-DD): {d!r}")
+        try:
+            d = dt.date.fromisoformat(d)
+        except ValueError as exc:
+            raise StorageError(f"not a date (YYYY-MM-DD): {d!r}: {exc}") from None
+    if not isinstance(d, dt.date):
+        raise StorageError(f"not a date: {d!r}")
     return d.isoformat()
 
 
@@ -137,10 +198,64 @@ def partition(uri: str, d: dt.date | str) -> str:
     return join(uri, f"dt={day(d)}")
 
 
+# Run ids and model versions become one path component each: letters, digits,
+# '_', '-' (and '.' inside versions); never '/', '..', or an absolute path.
+RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_run_id(run_id: str) -> str:
+    if not isinstance(run_id, str) or not RUN_ID_RE.fullmatch(run_id):
+        raise StorageError(f"invalid run id {run_id!r}: letters, digits, '_' and '-' only "
+                           "(at most 64, starting with a letter or digit)")
+    return run_id
+
+
+def check_name(name: str, what: str) -> str:
+    """One safe path component (a model version, a model kind)."""
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise StorageError(f"invalid {what} {name!r}: letters, digits, '.', '_' and '-' only, "
+                           "starting with a letter or digit")
+    return name
+
+
+def run_path(output_uri: str, d: dt.date | str, run_id: str) -> str:
+    """``<output>/dt=D/run=<run_id>``: built only from a validated date and run id."""
+    return join(partition(output_uri, d), f"run={check_run_id(run_id)}")
+
+
+def check_relative(path: str, what: str = "path") -> str:
+    """A relative path with no empty, '.' or '..' component (stays under its root)."""
+    parts = path.split("/")
+    if (not path or path.startswith("/") or "\\" in path or ":" in parts[0]
+            or any(p in ("", ".", "..") for p in parts)):
+        raise StorageError(f"{what} {path!r} must be a relative path inside its root")
+    return path
+
+
 def new_run_id(now: dt.datetime | None = None) -> str:
     """Sortable, unique run id: UTC time plus a random suffix."""
     now = now or dt.datetime.now(dt.timezone.utc)
     return f"{now:%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def check_writable(uri: str, what: str = "output") -> None:
+    """Write and delete a small probe object under ``uri``; OutputNotWritable if that
+    fails. Runs before any expensive work, so a bad output location costs seconds."""
+    probe = join(uri, "_probe", f"{uuid.uuid4().hex}.txt")
+    try:
+        write_bytes(probe, b"raymedia write probe\n")
+        fs, path = resolve(probe)
+        fs.delete_file(path)
+    except StorageError:
+        raise
+    except Exception as exc:          # noqa: BLE001 - any storage failure means "cannot write"
+        raise OutputNotWritable(f"{what} {redact(uri)} is not writable: {type(exc).__name__}: "
+                                f"{exc}; nothing was read or committed") from None
 
 
 class CommitConflict(RuntimeError):
@@ -196,7 +311,19 @@ class Commit:
     details: dict = field(default_factory=dict)
 
     def uris(self, output_uri: str, table: str) -> list[str]:
-        return [join(partition(output_uri, self.dt), f) for f in self.files.get(table, [])]
+        return [join(partition(output_uri, self.dt), check_relative(f, f"file of {table}"))
+                for f in self.files.get(table, [])]
+
+    def check(self) -> None:
+        """Dates, run ids and file names are path components: all must be safe."""
+        day(self.dt)
+        check_run_id(self.run_id)
+        for table, names in self.files.items():
+            for f in names:
+                check_relative(f, f"file of {table}")
+                if not f.startswith(f"run={self.run_id}/"):
+                    raise StorageError(f"commit of run {self.run_id} lists {f!r}, "
+                                       "which is not one of its own files")
 
 
 def generation(output_uri: str, d: dt.date | str) -> int:
@@ -220,6 +347,7 @@ def commit(output_uri: str, c: Commit, base_generation: int) -> str:
        and runs that can no longer commit because the generation moved on).
     A crash between 1 and 2 leaves readers on the previous, still complete run.
     """
+    c.check()
     day_uri = partition(output_uri, c.dt)
     c = Commit(**{**c.__dict__, "generation": base_generation + 1})
     blob = json.dumps(c.__dict__, indent=2, sort_keys=True).encode()
