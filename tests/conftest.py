@@ -9,11 +9,16 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import secrets
 
 import pytest
 
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+
+# The S3 server's secret key is a canary: a fresh random value per session that must
+# never appear in any log, commit, report or exception (tests/test_security.py).
+CANARY = "rmcanary" + secrets.token_hex(12)
 
 
 @pytest.fixture(scope="session")
@@ -24,14 +29,18 @@ def s3(tmp_path_factory):
     before Ray starts, so Ray workers find the server through the standard AWS
     variables, exactly as on a real cluster.
     """
-    from s3_server import running_s3_server
-    with running_s3_server(tmp_path_factory.mktemp("s3")) as server:
+    from s3_server import make_server
+    server = make_server(tmp_path_factory.mktemp("s3"), secret_key=CANARY)
+    try:
+        server.start()
         server.make_bucket("raymedia")
         saved = {k: os.environ.get(k) for k in server.env()}
         os.environ.update(server.env())
         yield server
         for k, v in saved.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")
