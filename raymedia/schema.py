@@ -61,6 +61,10 @@ class RejectThresholdExceeded(RuntimeError):
     """Too many input rows broke the events contract: the input is treated as broken."""
 
 
+class EmptyInput(ValueError):
+    """The window's event partitions exist but hold no rows: nothing to score."""
+
+
 def id_type(t: pa.DataType) -> pa.DataType:
     """Ids are int64 or string; narrower ints widen, large_string narrows."""
     if pa.types.is_integer(t):
@@ -145,6 +149,23 @@ def check_columns(events_schema: pa.Schema | list[str], source: str) -> None:
         if col in names and not _readable(events_schema.field(col).type, *kinds):
             raise ContractError(f"{source}: column '{col}' has type {events_schema.field(col).type}, "
                                 "which cannot be read as the events contract's type")
+
+
+def check_consistent(file_schemas: dict[str, pa.Schema]) -> None:
+    """Every file of a run must give ids one kind of type (integer or string): one
+    dataset cannot hold both. Raises ContractError naming a file of each kind."""
+    for col in ("user_id", "item_id"):
+        first: dict[str, str] = {}
+        for uri, sch in file_schemas.items():
+            if col not in sch.names:
+                continue
+            t = sch.field(col).type
+            t = t.value_type if pa.types.is_dictionary(t) else t
+            kind = "integer" if pa.types.is_integer(t) else "string"
+            first.setdefault(kind, uri)
+        if len(first) > 1:
+            raise ContractError(f"column '{col}' is integer in {first['integer']} but string in "
+                                f"{first['string']}; all event files must use one id type")
 
 
 def _parse_ts(col: pa.ChunkedArray | pa.Array, source: str) -> tuple[pa.Array, pa.Array]:

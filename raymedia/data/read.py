@@ -52,16 +52,17 @@ def preflight(partitions: list[str]) -> list[str]:
     """
     files = [f for p in partitions for f in storage.list_files(p) if not f.rsplit("/", 1)[1].startswith(("_", "."))]
 
-    def check(uri: str) -> None:
+    def check(uri: str) -> pa.Schema:
         fs, path = storage.resolve(uri)
         try:
             file_schema = pq.read_schema(path, filesystem=fs)
         except (pa.ArrowInvalid, OSError) as exc:
             raise schema.ContractError(f"{uri}: not a readable Parquet file: {exc}") from exc
         schema.check_columns(file_schema, uri)
+        return file_schema
 
     with ThreadPoolExecutor(max_workers=16) as pool:
-        list(pool.map(check, files))
+        schema.check_consistent(dict(zip(files, pool.map(check, files))))   # one id type
     return files
 
 
