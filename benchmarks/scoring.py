@@ -19,21 +19,15 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import os
-import platform
-import sys
 import tempfile
 import time
-from pathlib import Path
 
 import pyarrow as pa
 import ray
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from raymedia import checkpoint, config, models, pipeline, storage  # noqa: E402
+from common import record  # noqa: E402  (puts the repo on sys.path)
+from raymedia import checkpoint, config, features, models, pipeline, storage  # noqa: E402
 from raymedia.data import read  # noqa: E402
 from raymedia.data.generate import GeneratorConfig, generate  # noqa: E402
 from raymedia.data.vocab import Vocab  # noqa: E402
@@ -81,8 +75,8 @@ def main() -> None:
     day = gen.start + dt.timedelta(days=args.days)
 
     parts = read.event_partitions(cfg.data.events_uri, read.window(day, args.days))
-    vocab = Vocab.build(read.read_catalog(cfg.data.catalog_uri),
-                        read.distinct_items(read.read_events(cfg.data.events_uri, parts)))
+    log_items = read.read_events(cfg.data.events_uri, parts).unique("item_id")
+    vocab = Vocab.build(read.read_catalog(cfg.data.catalog_uri), pa.array(log_items), features.day_start_us(day))
     uris = publish_random_models(cfg, vocab, "bench")
 
     # pipeline: prepare (read + histories) is timed apart from score + write + commit
@@ -94,9 +88,9 @@ def main() -> None:
 
     # the same histories, in process
     secs: dict = {}
-    inputs = pipeline.prepare(cfg, day, uris["sequence"], storage.new_run_id(), secs)
+    inputs = pipeline.prepare(cfg, day, storage.new_run_id(), secs, vocab, learn_items=False)
     table = pa.concat_tables(ray.get(inputs.histories.to_arrow_refs()))
-    scorer = Scorer(uris, cfg, day.isoformat())
+    scorer = Scorer(uris, cfg, day.isoformat(), inputs.vocab)
     t0 = time.perf_counter()
     for s in range(0, table.num_rows, args.batch_size):
         scorer(table.slice(s, args.batch_size))
@@ -120,12 +114,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if not args.no_record:
-        machine = (f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-                   f"torch {torch.__version__}, ray {ray.__version__}")
-        cmd = "python benchmarks/scoring.py " + " ".join(sys.argv[1:])
-        with open(ROOT / "BENCHMARKS.md", "a") as f:
-            f.write(f"\n### Scoring throughput ({dt.date.today()})\n\n`{cmd}` on {machine}\n\n"
-                    f"{text}\n")
+        record("Scoring throughput", text)
     storage.delete_dir(work) if args.work is None else None
 
 

@@ -1,7 +1,9 @@
 """`ray job submit --working-dir . -- python jobs/nightly.py --date YYYY-MM-DD [--config FILE]`
 
-Thin entry point over `raymedia run`: parses arguments, runs the package, prints
-where the outputs went (JSON on stdout).
+Thin entry point over `raymedia run`: merges day D-1 into yesterday's user state
+(or rebuilds it from the window), trains (unless --no-train; train.schedule picks
+full or warm start), scores, evaluates and commits day D; prints the run summary
+(JSON on stdout).
 """
 
 import sys

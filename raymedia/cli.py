@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -64,7 +65,7 @@ def parser(prog: str = "raymedia") -> argparse.ArgumentParser:
                    help="recommendations, predictions or rejects")
     s.add_argument("--limit", type=int, default=10)
 
-    for name, helptext in (("run", "nightly run for one day: train (optional), score, commit, evaluate"),
+    for name, helptext in (("run", "nightly run for one day: user state, train (optional), score, evaluate, commit"),
                            ("train", "train the models on the window before a day"),
                            ("score", "score and commit a day with the latest models")):
         r = sub.add_parser(name, help=helptext)
@@ -123,7 +124,7 @@ def _run(cfg, args) -> int:
         return 0
     train = args.command == "run" and not args.no_train
     result = pipeline.run_day(cfg, args.date, train_models=train)
-    print(json.dumps(pipeline.summary_dict(result), indent=2, default=str))
+    print(json.dumps(dataclasses.asdict(result), indent=2, default=str))
     return 0
 
 

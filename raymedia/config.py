@@ -42,6 +42,8 @@ class DataConfig:
     lookback_days: int = _f(28, lo=1, doc="days of logs before the run date that are read")
     history_len: int = _f(50, lo=2, hi=4096, doc="events per user kept as model input")
     return_horizon_days: int = _f(7, lo=1, doc="horizon of the return prediction")
+    incremental: bool = _f(True, doc="nightly: merge day D-1 into the user state committed with D-1 "
+                                     "instead of re-reading the window (rebuilds when it is missing)")
     max_reject_fraction: float = _f(0.05, lo=0.0, hi=1.0,
                                     doc="share of rows breaking the contract that fails the run")
 
@@ -76,6 +78,11 @@ class TrainConfig:
     use_gpu: Literal["auto", "yes", "no"] = _f("auto", doc="auto: use GPUs when the cluster has them")
     seed: int = _f(0)
     models: str = _f("two_tower,sequence", doc="comma-separated models to train")
+    schedule: Literal["full", "warm", "auto"] = _f(
+        "full", doc="full retrain; warm start from the latest model (new items appended); "
+                    "auto: warm, but full once the last full retrain is full_every_days old")
+    full_every_days: int = _f(7, lo=1, doc="auto schedule: days between full retrains")
+    warm_epochs: int = _f(2, lo=1, doc="epochs of a warm start")
 
 
 @dataclass
@@ -167,6 +174,8 @@ def _check(value: Any, tp: Any, name: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{name} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{name} must be a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -174,8 +183,6 @@ def _check(value: Any, tp: Any, name: str) -> Any:
         return value
     raise ConfigError(f"{name}: unsupported type {tp}")
 
-        if not math.isfinite(value):
-            raise ConfigError(f"{name} must be a finite number, got {value!r}")
 
 def _build(cls: type, data: dict, prefix: str = "") -> Any:
     if not isinstance(data, dict):
@@ -200,19 +207,12 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
             raise ConfigError(f"{full} must be >= {lo}, got {value!r}")
         if value is not None and hi is not None and value > hi:
             raise ConfigError(f"{full} must be <= {hi}, got {value!r}")
+        if value is not None and gt is not None and value <= gt:
+            raise ConfigError(f"{full} must be > {gt}, got {value!r}")
         kwargs[name] = value
     return cls(**kwargs)
 
 
-def _cross_checks(cfg: Config) -> None:
-    if cfg.sequence.dim % cfg.sequence.heads:
-        raise ConfigError(f"sequence.dim ({cfg.sequence.dim}) must be divisible by "
-        if value is not None and gt is not None and value <= gt:
-            raise ConfigError(f"{full} must be > {gt}, got {value!r}")
-                          f"sequence.heads ({cfg.sequence.heads})")
-    unknown = set(cfg.model_names()) - {"two_tower", "sequence"}
-    if unknown:
-        raise ConfigError(f"train.models has unknown model(s) {sorted(unknown)}; "
 def _check_locations(cfg: Config) -> None:
     """Storage locations: real URIs without credentials; the endpoint a plain http(s) URL."""
     from raymedia import storage
@@ -233,8 +233,15 @@ def _check_locations(cfg: Config) -> None:
         raise ConfigError(f"storage.region must look like us-east-1, got {cfg.storage.region!r}")
 
 
-                          "choose from two_tower, sequence")
+def _cross_checks(cfg: Config) -> None:
     _check_locations(cfg)
+    if cfg.sequence.dim % cfg.sequence.heads:
+        raise ConfigError(f"sequence.dim ({cfg.sequence.dim}) must be divisible by "
+                          f"sequence.heads ({cfg.sequence.heads})")
+    unknown = set(cfg.model_names()) - {"two_tower", "sequence"}
+    if unknown:
+        raise ConfigError(f"train.models has unknown model(s) {sorted(unknown)}; "
+                          "choose from two_tower, sequence")
 
 
 def from_dict(data: dict) -> Config:

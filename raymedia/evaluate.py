@@ -16,6 +16,7 @@ import ray
 import torch
 
 from raymedia.config import Config
+from raymedia.data.vocab import Vocab
 from raymedia.score import _Models, target_ranks
 
 
@@ -53,8 +54,8 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
 class Evaluator(_Models):
     """Callable class for ``map_batches``: history rows -> per-user test ranks."""
 
-    def __init__(self, model_uris: dict[str, str], cfg: Config, asof: str):
-        super().__init__(model_uris, cfg, asof)
+    def __init__(self, model_uris: dict[str, str], cfg: Config, asof: str, vocab: Vocab | None = None):
+        super().__init__(model_uris, cfg, asof, vocab)
         pop = torch.as_tensor(np.log1p(self.vocab.popularity), dtype=torch.float32)
         self.items["popularity"] = pop.unsqueeze(1).to(self.device)
 
@@ -95,10 +96,13 @@ def summarize(rows: dict[str, np.ndarray], k: int) -> dict:
     return result
 
 
-def evaluate(histories: ray.data.Dataset, model_uris: dict[str, str], cfg: Config, asof: str) -> dict:
-    """Run the evaluator over all histories and summarise (per-user ranks are small ints)."""
+def evaluate(histories: ray.data.Dataset, models: dict, cfg: Config) -> dict:
+    """Run the evaluator over all histories and summarise (per-user ranks are small ints).
+
+    ``models`` are the Evaluator's arguments: ``model_uris``, ``asof`` and the run's ``vocab``.
+    """
     ranked = histories.map_batches(
-        Evaluator, fn_constructor_kwargs={"model_uris": model_uris, "cfg": cfg, "asof": asof},
+        Evaluator, fn_constructor_kwargs={**models, "cfg": cfg},
         batch_size=cfg.score.batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=cfg.score.concurrency),
         num_cpus=cfg.score.num_cpus, num_gpus=1 if _gpus() else 0)
     cols: dict[str, list] = {}

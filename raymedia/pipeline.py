@@ -10,11 +10,12 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
+import pyarrow as pa
 import ray
 
 from raymedia import checkpoint, features, schema, storage
 from raymedia.config import Config
-from raymedia.data import read
+from raymedia.data import read, state
 from raymedia.data.vocab import Vocab
 from raymedia.evaluate import evaluate
 from raymedia.score import Scorer, write_batch
@@ -50,6 +51,7 @@ class RunResult:
     metrics: dict
     counts: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    plan: dict = field(default_factory=dict)       # how the user state was built, how training started
 
 
 @contextmanager
@@ -63,7 +65,7 @@ def _timed(seconds: dict, stage: str):
 
 @dataclass
 class Inputs:
-    """What the read stages produce for a day: the histories, their vocabulary, the counts."""
+    """What the read stages produce for a day: user state, histories, vocabulary, counts."""
     day: dt.date
     run_id: str
     run_uri: str
@@ -71,37 +73,90 @@ class Inputs:
     vocab: Vocab
     histories: ray.data.Dataset
     stats: dict
+    state_files: list[str]
+    state_info: dict
 
 
 def run_uri(cfg: Config, day: dt.date, run_id: str) -> str:
-    return storage.join(storage.partition(cfg.output.uri, day), f"run={run_id}")
+    return storage.run_path(cfg.output.uri, day, run_id)      # validated date and run id
 
 
-def prepare(cfg: Config, day: dt.date, vocab_from: str | None, run_id: str, secs: dict) -> Inputs:
-    """Read the window before ``day``, validate it and build each user's history.
+def state_len(cfg: Config) -> int:
+    """Interactions kept per user: the model input plus one held out for evaluation."""
+    return cfg.data.history_len + 1
 
-    ``vocab_from`` is the model whose vocabulary scoring must use; None builds a
-    new vocabulary from catalog + logs (training). Rejected rows and counts are
-    written under the run's (uncommitted) directory.
+
+def previous_state(cfg: Config, day: dt.date) -> tuple[storage.Commit | None, str]:
+    """The committed user state of ``day - 1`` if this run can build on it, else why not."""
+    if not cfg.data.incremental:
+        return None, "data.incremental is off"
+    prev = day - dt.timedelta(days=1)
+    c = storage.read_commit(cfg.output.uri, prev)
+    if c is None:
+        return None, f"dt={prev} is not committed"
+    info = c.details.get("state", {})
+    if not c.files.get("user_state"):
+        return None, f"dt={prev} has no user state"
+    wanted = {"events_uri": cfg.data.events_uri, "lookback_days": cfg.data.lookback_days,
+              "length": state_len(cfg)}
+    changed = [k for k, v in wanted.items() if info.get(k) != v]
+    if changed:
+        return None, f"the user state of dt={prev} was built with other {', '.join(changed)}"
+    return c, f"dt={prev} generation {c.generation}"
+
+
+def prepare(cfg: Config, day: dt.date, run_id: str, secs: dict, base: Vocab | None = None,
+            learn_items: bool = True) -> Inputs:
+    """Day ``day``'s user state (as of 00:00 UTC) and the model histories it gives.
+
+    Nightly (incremental): the state committed with ``day - 1`` plus the one
+    partition ``dt=day-1``. Otherwise, or when that state is missing or was
+    built differently: every partition of the look-back window (said in the
+    log and in the commit). The vocabulary is ``base`` (the scoring model's, or
+    the warm start's parent) extended with the catalog's new items, plus, when
+    ``learn_items``, every item in the state. Rejected rows and counts go under
+    the run's (uncommitted) directory.
     """
     storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
-    partitions = read.event_partitions(cfg.data.events_uri, read.window(day, cfg.data.lookback_days))
+    prev, why = previous_state(cfg, day)
+    if prev is not None:
+        days = [day - dt.timedelta(days=1)]
+        log.info("user state: incremental from %s + events of dt=%s", why, days[0])
+    else:
+        days = read.window(day, cfg.data.lookback_days)
+        log.info("user state: rebuilding from %d days of events (%s)", len(days), why)
+    partitions = read.event_partitions(cfg.data.events_uri, days, allow_none=prev is not None)
     read.preflight(partitions)
     init_ray(cfg)
     out = run_uri(cfg, day, run_id)
-    with _timed(secs, "read"):
-        events = read.read_events(cfg.data.events_uri, partitions)
+    first_day = int(state.epoch_day(features.day_start_us(day - dt.timedelta(days=cfg.data.lookback_days))))
+    with _timed(secs, "state"):
+        parts = []
+        if partitions:
+            parts.append(read.read_log_rows(cfg.data.events_uri, partitions, out,
+                                            None if learn_items else base))
+        if prev is not None:
+            fs, _ = storage.resolve(cfg.output.uri)
+            parts.append(ray.data.read_parquet(
+                [storage.resolve(u)[1] for u in prev.uris(cfg.output.uri, "user_state")],
+                filesystem=fs, partitioning=None).map_batches(
+                    state.carried_rows, batch_format="pyarrow", fn_kwargs={"first_day": first_day}))
+        rows = parts[0] if len(parts) == 1 else parts[0].union(parts[1])
+        user_state = state.build(rows, state_len(cfg), cfg.score.shuffle_partitions).materialize()
+        written = user_state.map_batches(state.write_part, batch_format="pyarrow",
+                                         fn_kwargs={"run_uri": out, "table": "user_state"}).take_all()
     with _timed(secs, "vocabulary"):
-        if vocab_from is None:
-            vocab = Vocab.build(read.read_catalog(cfg.data.catalog_uri), read.distinct_items(events))
-        else:
-            vocab = Vocab.load(storage.join(vocab_from, checkpoint.VOCAB))
+        catalog = read.read_catalog(cfg.data.catalog_uri)
+        seen = state.distinct_items(user_state) if learn_items else pa.array([], catalog["item_id"].type)
+        vocab = Vocab.build(catalog, seen, features.day_start_us(day), base=base)
     with _timed(secs, "histories"):
-        # one extra event so evaluation can hold the last one out and keep history_len inputs
-        histories = read.build_histories(events, vocab, cfg.data.history_len + 1,
-                                         cfg.score.shuffle_partitions, cfg.data.events_uri,
-                                         out).materialize()
+        histories = user_state.map_batches(
+            state.to_histories, batch_format="pyarrow",
+            fn_kwargs={"vocab": vocab, "n": state_len(cfg)}).materialize()
     stats = read.read_stats(out)
+    if stats["input_rows"] == 0 and prev is None:
+        raise schema.EmptyInput(f"dt={day}: the {len(partitions)} event partition(s) of the window "
+                                f"under {cfg.data.events_uri} hold no rows; nothing was committed")
     share = stats["rejected_rows"] / max(stats["input_rows"], 1)
     log.info("read %d rows: %d valid, %d rejected %s, %d impressions, %d of unknown items",
              stats["input_rows"], stats["valid_rows"], stats["rejected_rows"], stats["rejected"],
@@ -112,22 +167,61 @@ def prepare(cfg: Config, day: dt.date, vocab_from: str | None, run_id: str, secs
             f"({', '.join(f'{k} {v}' for k, v in sorted(stats['rejected'].items()))}), above "
             f"data.max_reject_fraction={cfg.data.max_reject_fraction}; nothing was committed; "
             f"the rejected rows are in {storage.join(out, 'rejects')}")
-    return Inputs(day, run_id, out, partitions, vocab, histories, stats)
+    info = {"mode": "incremental" if prev is not None else "rebuild", "from": why,
+            "events_uri": cfg.data.events_uri, "lookback_days": cfg.data.lookback_days,
+            "length": state_len(cfg), "users": sum(int(w["rows"]) for w in written),
+            "new_items": vocab.size - base.size if base is not None else 0}
+    return Inputs(day, run_id, out, partitions, vocab, histories, stats,
+                  [w["file"] for w in written], info)
 
 
-def train_all(cfg: Config, inputs: Inputs, secs: dict) -> dict[str, str]:
+@dataclass
+class TrainPlan:
+    """How tonight's models start: from scratch, or warm from ``parent`` (a model URI)."""
+    start: str                      # "full" | "warm"
+    parent: str | None
+    reason: str
+
+
+def training_plan(cfg: Config, day: dt.date) -> TrainPlan:
+    """Full retrain or warm start, by ``train.schedule`` (auto: full every ``full_every_days``)."""
+    if cfg.train.schedule == "full":
+        return TrainPlan("full", None, "train.schedule=full")
+    try:
+        parent = checkpoint.latest(cfg.output.models_uri, "sequence")
+    except FileNotFoundError:
+        return TrainPlan("full", None, "no model to warm-start from")
+    meta = storage.read_json(storage.join(parent, checkpoint.META))
+    full_asof = dt.date.fromisoformat(meta.get("full_asof", meta["trained_asof"]))
+    if cfg.train.schedule == "auto" and (day - full_asof).days >= cfg.train.full_every_days:
+        return TrainPlan("full", None, f"last full retrain was as of {full_asof}, "
+                                       f"train.full_every_days={cfg.train.full_every_days}")
+    return TrainPlan("warm", parent, f"warm start from {meta['version']}")
+
+
+def train_all(cfg: Config, inputs: Inputs, plan: TrainPlan, secs: dict) -> dict[str, str]:
     """Train the configured models on the inputs; returns the published model URIs."""
     with _timed(secs, "train"):
+        log.info("training: %s (%s)", plan.start, plan.reason)
         inputs.vocab.popularity = read.item_counts(inputs.histories, inputs.vocab.size, holdout_last=True)
         version = f"{inputs.day:%Y%m%d}-{inputs.run_id}"
-        return {kind: train(kind, cfg, inputs.histories, inputs.vocab, inputs.day, version)
+        parents = {kind: (None if plan.parent is None else
+                          checkpoint.version_uri(cfg.output.models_uri, kind, plan.parent.rsplit("/", 1)[1]))
+                   for kind in cfg.model_names()}
+        return {kind: train(kind, cfg, inputs.histories, inputs.vocab, inputs.day, version, parents[kind])
                 for kind in cfg.model_names()}
 
 
 def train_day(cfg: Config, day: dt.date) -> dict[str, str]:
     """Train only (``jobs/train.py``); the run's rejects stay in its uncommitted directory."""
     secs: dict[str, float] = {}
-    return train_all(cfg, prepare(cfg, day, None, storage.new_run_id(), secs), secs)
+    plan = training_plan(cfg, day)
+    inputs = prepare(cfg, day, storage.new_run_id(), secs, _vocab_of(plan.parent))
+    return train_all(cfg, inputs, plan, secs)
+
+
+def _vocab_of(model_uri: str | None) -> Vocab | None:
+    return None if model_uri is None else checkpoint.load_vocab(model_uri)     # sha256-verified
 
 
 def scoring_models(cfg: Config, day: dt.date, version: str | None = None,
@@ -149,25 +243,31 @@ def run_day(cfg: Config, day: dt.date, train_models: bool = True, run_id: str | 
 
     Trains first when ``train_models``; otherwise scores with ``models`` (default: latest).
     """
-    run_id = run_id or storage.new_run_id()
+    run_id = storage.check_run_id(run_id or storage.new_run_id())
+    storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
+    storage.check_writable(cfg.output.uri, "output.uri")        # before any expensive work
+    if train_models:
+        storage.check_writable(cfg.output.models_uri, "output.models_uri")
     base_generation = storage.generation(cfg.output.uri, day)
     secs: dict[str, float] = {}
     models = None if train_models else (models or scoring_models(cfg, day))
-    inputs = prepare(cfg, day, None if train_models else models["sequence"], run_id, secs)
-    model_uris = train_all(cfg, inputs, secs) if train_models else dict(models)
-    for kind in MODEL_KINDS:
-        model_uris.setdefault(kind, checkpoint.latest(cfg.output.models_uri, kind))
+    plan = training_plan(cfg, day) if train_models else None
+    inputs = prepare(cfg, day, run_id, secs, _vocab_of(plan.parent if plan else models["sequence"]),
+                     learn_items=train_models)
+    model_uris = train_all(cfg, inputs, plan, secs) if train_models else dict(models)
+    for kind in set(MODEL_KINDS) - set(model_uris):     # a run that trained only some kinds
+        model_uris[kind] = checkpoint.latest(cfg.output.models_uri, kind)
     day_uri = storage.partition(cfg.output.uri, day)
     generated_at = dt.datetime.now(dt.timezone.utc).isoformat()
-    versions = {k: storage.read_json(storage.join(u, checkpoint.META))["version"]
-                for k, u in model_uris.items()}
+    verified = {k: checkpoint.verify(u) for k, u in model_uris.items()}   # TamperedCheckpoint
+    versions = {k: v["version"] for k, v in verified.items()}
     gpu = ray.cluster_resources().get("GPU", 0) > 0
+    models_kwargs = {"model_uris": model_uris, "cfg": cfg, "asof": day.isoformat(), "vocab": inputs.vocab}
     with _timed(secs, "score"):
         recommendable = inputs.vocab.recommendable(read.read_catalog(cfg.data.catalog_uri),
                                                    features.day_start_us(day))
         scored = inputs.histories.map_batches(
-            Scorer, fn_constructor_kwargs={"model_uris": model_uris, "cfg": cfg, "asof": day.isoformat(),
-                                           "recommendable": recommendable},
+            Scorer, fn_constructor_kwargs={**models_kwargs, "recommendable": recommendable},
             batch_size=cfg.score.batch_size, batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=cfg.score.concurrency),
             num_cpus=cfg.score.num_cpus, num_gpus=1 if gpu else 0)
@@ -175,11 +275,13 @@ def run_day(cfg: Config, day: dt.date, train_models: bool = True, run_id: str | 
             write_batch, batch_size=cfg.score.rows_per_file, batch_format="pyarrow",
             fn_kwargs={"run_uri": inputs.run_uri, "model_version": versions[cfg.score.recommender],
                        "generated_at": generated_at}).take_all()
-    files: dict[str, list[str]] = {}
-    rows: dict[str, int] = {}
+    files: dict[str, list[str]] = {"user_state": [f"run={run_id}/{f}" for f in inputs.state_files]}
+    rows: dict[str, int] = {"user_state": inputs.state_info["users"]}
+    cold = 0
     for w in written:
         files.setdefault(w["table"], []).append(f"run={run_id}/{w['file']}")
         rows[w["table"]] = rows.get(w["table"], 0) + int(w["rows"])
+        cold += int(w["cold_start"]) if w["table"] == "recommendations" else 0
     rejects = storage.list_files(storage.join(inputs.run_uri, "rejects"))
     if rejects:
         files["rejects"] = [u[len(day_uri) + 1:] for u in rejects]
@@ -187,24 +289,32 @@ def run_day(cfg: Config, day: dt.date, train_models: bool = True, run_id: str | 
     metrics: dict = {}
     if cfg.eval.enabled:
         with _timed(secs, "evaluate"):
-            metrics = evaluate(inputs.histories, model_uris, cfg, day.isoformat())
+            metrics = evaluate(inputs.histories, models_kwargs, cfg)
             storage.write_json(storage.join(inputs.run_uri, "metrics.json"), metrics)
             files["metrics"] = [f"run={run_id}/metrics.json"]
+    counts = {"users_scored": rows.get("recommendations", 0), "cold_start_users": cold,
+              "new_items": inputs.state_info["new_items"], "vocab_items": inputs.vocab.size - 1,
+              "state_users": inputs.state_info["users"], "input_partitions": len(inputs.partitions),
+              "input_rows": inputs.stats["input_rows"], "rejected_rows": inputs.stats["rejected_rows"]}
+    result = RunResult(day.isoformat(), run_id, storage.join(day_uri, storage.COMMIT_FILE), model_uris,
+                       metrics, counts, secs, {"state": inputs.state_info,
+                                               "training": asdict(plan) if plan else None})
+    storage.write_json(storage.join(inputs.run_uri, "summary.json"), asdict(result))
+    files["summary"] = [f"run={run_id}/summary.json"]
     _remove_unlisted(inputs.run_uri, day_uri, files)
     c = storage.Commit(dt=day.isoformat(), run_id=run_id, files={k: sorted(v) for k, v in files.items()},
                        rows=rows, model_versions=versions, input_partitions=inputs.partitions,
                        config_hash=cfg.hash(), created_at=generated_at,
-                       details={"input": inputs.stats})
+                       details={"input": inputs.stats, "state": inputs.state_info, "counts": counts,
+                                "models": verified})
     with _timed(secs, "commit"):
         try:
-            commit_uri = storage.commit(cfg.output.uri, c, base_generation)
+            storage.commit(cfg.output.uri, c, base_generation)
         except storage.CommitConflict:
             storage.delete_dir(inputs.run_uri)
             raise
-    counts = {"users_scored": rows.get("recommendations", 0), "vocab_items": inputs.vocab.size - 1,
-              "input_partitions": len(inputs.partitions), "input_rows": inputs.stats["input_rows"],
-              "rejected_rows": inputs.stats["rejected_rows"]}
-    return RunResult(day.isoformat(), run_id, commit_uri, model_uris, metrics, counts, secs)
+    log.info("dt=%s committed: %s", day, ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return result
 
 
 def _remove_unlisted(run_uri: str, day_uri: str, files: dict[str, list[str]]) -> None:
@@ -215,10 +325,6 @@ def _remove_unlisted(run_uri: str, day_uri: str, files: dict[str, list[str]]) ->
             log.info("removing unlisted file %s", uri)
             fs, path = storage.resolve(uri)
             fs.delete_file(path)
-
-
-def summary_dict(result: RunResult) -> dict:
-    return asdict(result)
 
 
 def backfill(cfg: Config, start: dt.date, end: dt.date, overwrite: bool = False,

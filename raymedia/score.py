@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import uuid
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
 import torch
 
-from raymedia import checkpoint, features, schema, storage
+from raymedia import checkpoint, features, models, schema, storage
 from raymedia.config import Config
+from raymedia.data.state import write_part
+from raymedia.data.vocab import Vocab
 
 log = logging.getLogger(__name__)
 _LOW = 0xFFFFFFFF
@@ -102,9 +103,14 @@ def target_ranks(users: torch.Tensor, items: torch.Tensor, target: torch.Tensor,
 
 
 class _Models:
-    """Both models loaded once per actor, on the GPU when the actor has one."""
+    """Both models loaded once per actor, on the GPU when the actor has one.
 
-    def __init__(self, model_uris: dict[str, str], cfg: Config, asof: str):
+    ``vocab`` is the run's vocabulary: the models' own, or it extended with
+    items published since they were trained; the models grow fallback rows for
+    those (``models.grow_items``), so new content is scored the day it appears.
+    """
+
+    def __init__(self, model_uris: dict[str, str], cfg: Config, asof: str, vocab: Vocab | None = None):
         self.cfg = cfg
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         torch.set_num_threads(max(1, int(cfg.score.num_cpus)))
@@ -112,7 +118,15 @@ class _Models:
         digests = {m.meta["vocab_digest"] for m in self.models.values()}
         if len(digests) != 1:
             raise ValueError(f"models {sorted(model_uris)} were trained with different vocabularies")
-        self.vocab = next(iter(self.models.values())).vocab
+        own = next(iter(self.models.values())).vocab
+        self.vocab = vocab or own
+        if self.vocab.digest(own.size) != own.digest():
+            raise ValueError("the run's vocabulary does not extend the models' vocabulary")
+        for m in self.models.values():
+            if self.vocab.size > own.size:
+                models.grow_items(m.model, torch.as_tensor(self.vocab.item_category),
+                                  torch.as_tensor(self.vocab.popularity))
+                m.model.to(self.device)
         self.dtype = _DTYPES[cfg.score.precision]
         with torch.inference_mode():
             self.items = {k: m.model.item_matrix().to(self.dtype) for k, m in self.models.items()}
@@ -133,14 +147,23 @@ class Scorer(_Models):
     """Callable class for ``map_batches``: history rows -> recommendations + predictions.
 
     ``recommendable`` (one bool per vocabulary index, from today's catalog) blocks
-    items that are unavailable or not yet published.
+    items that are unavailable or not yet published. Users with no usable
+    history (only impressions, or only items nobody can score) are cold-start
+    users: they get the most popular recommendable items, no predictions, and
+    are counted (``cold_start``).
     """
 
-    def __init__(self, model_uris: dict[str, str], cfg: Config, asof: str,
+    def __init__(self, model_uris: dict[str, str], cfg: Config, asof: str, vocab: Vocab | None = None,
                  recommendable: np.ndarray | None = None):
-        super().__init__(model_uris, cfg, asof)
+        super().__init__(model_uris, cfg, asof, vocab)
         self.blocked = (None if recommendable is None
                         else torch.as_tensor(~recommendable, device=self.device))
+        popularity = torch.as_tensor(np.log1p(self.vocab.popularity), dtype=torch.float32,
+                                     device=self.device).unsqueeze(1)
+        ones = torch.ones(1, 1, device=self.device)
+        scores, idx = topk(ones, popularity, cfg.score.top_k, cfg.score.item_chunk, None, self.blocked)
+        valid = torch.isfinite(scores[0])
+        self.popular = (idx[0][valid].cpu().numpy(), scores[0][valid].cpu().numpy())
 
     def compute(self, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The model work on prepared inputs: top-K of the recommender + the sequence heads."""
@@ -159,49 +182,53 @@ class Scorer(_Models):
         return {"scores": scores, "idx": idx, "p_return": p_return, "next_category": next_cat}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        kept, x = self.inputs(batch, "score")
-        out = {k: v.cpu().numpy() for k, v in self.compute(x).items()}
-        scores, idx = out["scores"], out["idx"]
-        valid = np.isfinite(scores)          # fewer than K unmasked items: shorter list
-        lengths = valid.sum(1)
+        has_history = pc.list_value_length(batch["items"]).to_numpy(zero_copy_only=False) > 0
+        parts = []
+        if has_history.any():
+            kept, x = self.inputs(batch.filter(pa.array(has_history)), "score")
+            out = {k: v.cpu().numpy() for k, v in self.compute(x).items()}
+            valid = np.isfinite(out["scores"])          # fewer than K unmasked items: shorter list
+            parts.append(self._rows(kept, out["idx"][valid], out["scores"][valid], valid.sum(1),
+                                    pa.array(out["p_return"], pa.float32()),
+                                    self.vocab.category_names(out["next_category"]), False))
+        if not has_history.all():
+            cold = batch.filter(pa.array(~has_history))
+            n, (idx, scores) = cold.num_rows, self.popular
+            parts.append(self._rows(cold, np.tile(idx, n), np.tile(scores, n), np.full(n, len(idx)),
+                                    pa.nulls(n, pa.float32()), pa.nulls(n, pa.string()), True))
+        return pa.concat_tables(parts)
+
+    def _rows(self, users: pa.Table, idx: np.ndarray, scores: np.ndarray, lengths: np.ndarray,
+              p_return: pa.Array, next_category: pa.Array, cold: bool) -> pa.Table:
         offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
         return pa.table({
-            "user_id": kept["user_id"],
-            "items": pa.ListArray.from_arrays(offsets, self.vocab.ids(idx[valid])),
-            "scores": pa.ListArray.from_arrays(offsets, pa.array(scores[valid], pa.float32())),
-            "p_return_7d": pa.array(out["p_return"], pa.float32()),
-            "next_category": self.vocab.category_names(out["next_category"]),
-            "n_events": kept["n_events"],
+            "user_id": users["user_id"],
+            "items": pa.ListArray.from_arrays(offsets, self.vocab.ids(idx)),
+            "scores": pa.ListArray.from_arrays(offsets, pa.array(scores, pa.float32())),
+            "p_return_7d": p_return,
+            "next_category": next_category,
+            "n_events": users["n_events"],
+            "cold_start": pa.array(np.full(users.num_rows, cold)),
         })
 
 
 def write_batch(batch: pa.Table, run_uri: str, model_version: str, generated_at: str) -> pa.Table:
-    """Write one batch as a recommendations file and a predictions file; return their names.
-
-    Files get fresh names, so a batch Ray retries never clobbers another; only
-    the files reported back here are committed, and the rest are removed.
-    """
+    """Write one batch as a recommendations file and a predictions file; return their names,
+    row counts and how many of the users were cold-start users."""
     ts = pa.scalar(dt.datetime.fromisoformat(generated_at), schema.TS_TYPE)
     n = batch.num_rows
     version = pa.array([model_version] * n)
+    users, items = batch["user_id"].type, batch["items"].type.value_type
     tables = {
         "recommendations": pa.table({"user_id": batch["user_id"], "items": batch["items"],
                                      "scores": batch["scores"], "model_version": version,
-                                     "generated_at": pa.array([ts.value] * n, schema.TS_TYPE)}),
+                                     "generated_at": pa.array([ts.value] * n, schema.TS_TYPE)}
+                                    ).cast(schema.with_id_types(schema.RECOMMENDATIONS, users, items)),
         "predictions": pa.table({"user_id": batch["user_id"], "p_return_7d": batch["p_return_7d"],
                                  "next_category": batch["next_category"],
-                                 "n_events": batch["n_events"], "model_version": version}),
+                                 "n_events": batch["n_events"], "model_version": version}
+                                ).cast(schema.with_id_types(schema.PREDICTIONS, users)),
     }
-    name = f"part-{uuid.uuid4().hex}.parquet"
-    fs, root = storage.resolve(run_uri)
-    out = {"table": [], "file": [], "rows": []}
-    for table, t in tables.items():
-        contract = {"recommendations": schema.RECOMMENDATIONS, "predictions": schema.PREDICTIONS}[table]
-        t = t.cast(schema.with_id_types(contract, t["user_id"].type,
-                                        t["items"].type.value_type if table == "recommendations" else None))
-        fs.create_dir(f"{root}/{table}", recursive=True)
-        pq.write_table(t, f"{root}/{table}/{name}", filesystem=fs)
-        out["table"].append(table)
-        out["file"].append(f"{table}/{name}")
-        out["rows"].append(n)
-    return pa.table(out)
+    out = pa.concat_tables([write_part(t, run_uri, name) for name, t in tables.items()])
+    cold = int(pc.sum(batch["cold_start"]).as_py() or 0)
+    return out.append_column("cold_start", pa.array([cold] * out.num_rows))

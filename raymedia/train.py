@@ -55,9 +55,14 @@ def _loop(config: dict) -> None:
     model = models.build(meta["kind"], meta["kwargs"], vocab.size, vocab.num_categories,
                          meta["max_len"], torch.as_tensor(vocab.item_category),
                          torch.as_tensor(vocab.popularity))
+    resume = ray.train.get_checkpoint()
+    if config["parent"] and not resume:
+        # warm start: the parent's weights, its item table grown for the new items
+        parent = checkpoint.load(config["parent"])
+        models.grow_items(parent.model, torch.as_tensor(vocab.item_category), torch.as_tensor(vocab.popularity))
+        model.load_state_dict(parent.model.state_dict())
     opt = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
     start, history = 0, []
-    resume = ray.train.get_checkpoint()
     if resume:
         with resume.as_directory() as d:
             state = torch.load(os.path.join(d, checkpoint.WEIGHTS), weights_only=True)
@@ -100,15 +105,27 @@ def _loop(config: dict) -> None:
 
 
 def train(kind: str, cfg: Config, histories: ray.data.Dataset, vocab: Vocab, asof: dt.date,
-          version: str) -> str:
-    """Train one model on the histories; returns the published model URI."""
+          version: str, parent: str | None = None) -> str:
+    """Train one model on the histories; returns the published model URI.
+
+    With ``parent`` (a published model of the same kind whose vocabulary
+    ``vocab`` extends) training warm-starts from it for ``train.warm_epochs``.
+    """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     asof_us = features.day_start_us(asof)
     meta = {"kind": kind, "version": version, "kwargs": models.model_kwargs(kind, cfg),
             "max_len": cfg.data.history_len, "vocab_digest": vocab.digest(),
-            "trained_asof": asof.isoformat(), "config_hash": cfg.hash()}
+            "trained_asof": asof.isoformat(), "config_hash": cfg.hash(),
+            "start": "warm" if parent else "full", "parent": None, "full_asof": asof.isoformat()}
+    if parent:
+        pmeta = storage.read_json(storage.join(parent, checkpoint.META))
+        if pmeta["kwargs"] != meta["kwargs"] or pmeta["max_len"] != meta["max_len"]:
+            raise ValueError(f"cannot warm-start {kind} from {pmeta['version']}: its shape "
+                             f"{pmeta['kwargs']} (max_len {pmeta['max_len']}) differs from the config's; "
+                             "run a full retrain (train.schedule=full)")
+        meta.update(parent=pmeta["version"], full_asof=pmeta.get("full_asof", pmeta["trained_asof"]))
     train_root = storage.join(cfg.output.models_uri, "_ray_train")
     fs, path = storage.resolve(train_root)
     fs.create_dir(path, recursive=True)
@@ -116,7 +133,8 @@ def train(kind: str, cfg: Config, histories: ray.data.Dataset, vocab: Vocab, aso
     trainer = TorchTrainer(
         _loop,
         train_loop_config={
-            "meta": meta, "vocab": vocab.to_table(), "epochs": cfg.train.epochs,
+            "meta": meta, "vocab": vocab.to_table(), "parent": parent,
+            "epochs": cfg.train.warm_epochs if parent else cfg.train.epochs,
             "batch_size": cfg.train.batch_size, "lr": cfg.train.lr,
             "weight_decay": cfg.train.weight_decay, "seed": cfg.train.seed,
             "threads": cfg.train.cpus_per_worker,

@@ -1,10 +1,8 @@
-"""Reading the behaviour logs of a window and building per-user histories.
+"""Reading behaviour logs: day partitions, validation, rejects, counts.
 
-Only the day partitions inside the window are named to Ray Data, so days
-outside it are never listed or read. Histories are built with a hash shuffle
-on ``user_id`` (all of a user's rows land in one block, the guarantee Ray's
-own ``map_groups`` relies on) followed by one vectorised pass per block:
-one Python call per block instead of one per user.
+Only the day partitions a run names are given to Ray Data, so days outside
+them are never listed or read. Valid rows leave as the user state's log rows
+(``data/state.py`` turns them into per-user state).
 """
 
 from __future__ import annotations
@@ -22,6 +20,7 @@ import ray
 from ray.data.datasource import Partitioning
 
 from raymedia import schema, storage
+from raymedia.data import state
 from raymedia.data.vocab import Vocab
 
 log = logging.getLogger(__name__)
@@ -31,10 +30,11 @@ def window(day: dt.date, lookback_days: int) -> list[dt.date]:
     return [day - dt.timedelta(days=i) for i in range(lookback_days, 0, -1)]
 
 
-def event_partitions(events_uri: str, days: list[dt.date]) -> list[str]:
-    """URIs of the day partitions that exist; missing days are logged, none at all is an error."""
+def event_partitions(events_uri: str, days: list[dt.date], allow_none: bool = False) -> list[str]:
+    """URIs of the day partitions that exist; missing days are logged, none at all is an
+    error unless ``allow_none`` (a nightly run that carries yesterday's state forward)."""
     found = [p for p in (storage.partition(events_uri, d) for d in days) if storage.exists(p)]
-    if not found:
+    if not found and not allow_none:
         raise FileNotFoundError(
             f"no event partitions for {days[0]}..{days[-1]} under {events_uri}")
     missing = len(days) - len(found)
@@ -88,38 +88,38 @@ def _batch_id(batch: pa.Table) -> str:
     return hashlib.sha1(sink.getvalue()).hexdigest()[:20]
 
 
-def to_interactions(batch: pa.Table, vocab: Vocab, events_uri: str, run_uri: str) -> pa.Table:
-    """Raw events -> engaged interactions with item indices.
+def to_log_rows(batch: pa.Table, events_uri: str, run_uri: str, vocab: Vocab | None = None) -> pa.Table:
+    """Raw events -> validated log rows for the user state (``state.log_rows``).
 
     Contract violations go to ``run_uri/rejects/`` with their reason; counts of
     every kind of row go to ``run_uri/_stats/`` (both named by the batch's
-    content). Impressions are exposure, not taste, and items the vocabulary does
-    not know are skipped; both are counted.
+    content, so a retried batch overwrites instead of double counting). Engaged
+    events on items ``vocab`` (the scoring model's) does not know are counted.
     """
     days = pc.unique(batch["dt"]).to_pylist() if "dt" in batch.column_names else []
     source = f"{events_uri}/dt={','.join(map(str, days))}"
     valid, rejected = schema.validate_events(batch, source)
-    engaged = valid.filter(pc.not_equal(valid["event"], "impression"))
-    item = vocab.lookup(engaged["item_id"])
+    impression = pc.equal(valid["event"], "impression")
     bid = _batch_id(batch)
     if rejected.num_rows:
         fs, path = storage.resolve(storage.join(run_uri, "rejects", f"part-{bid}.parquet"))
         fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
         pq.write_table(rejected, path, filesystem=fs)
     reasons = pc.value_counts(rejected["reason"]).to_pylist() if rejected.num_rows else []
+    n_imp = int(pc.sum(impression).as_py() or 0)
+    unknown = 0
+    if vocab is not None:
+        engaged_items = valid["item_id"].filter(pc.invert(impression))
+        unknown = int((vocab.lookup(engaged_items) == 0).sum())
     storage.write_json(storage.join(run_uri, "_stats", f"{bid}.json"), {
         "input_rows": batch.num_rows, "valid_rows": valid.num_rows,
-        "impressions": valid.num_rows - engaged.num_rows, "unknown_item": int((item == 0).sum()),
+        "impressions": n_imp, "unknown_item": unknown,
         "rejected": {r["values"]: r["counts"] for r in reasons}})
-    code = pc.index_in(engaged["event"], value_set=pa.array(schema.EVENT_TYPES))
-    out = pa.table({
-        "user_id": engaged["user_id"],
-        "item": item,
-        "event": pc.add(code, 1).cast(pa.int8()),
-        "ts": engaged["ts"].cast(pa.int64()),
-        "dwell_s": engaged["dwell_s"],
-    })
-    return out.filter(pa.array(item > 0))
+    code = pc.index_in(valid["event"], value_set=pa.array(schema.EVENT_TYPES))
+    return state.log_rows(pa.table({
+        "user_id": valid["user_id"], "item_id": valid["item_id"],
+        "event": pc.add(code, 1).cast(pa.int8()), "ts": valid["ts"].cast(pa.int64()),
+        "dwell_s": valid["dwell_s"]}))
 
 
 def read_stats(run_uri: str) -> dict:
@@ -137,73 +137,12 @@ def read_stats(run_uri: str) -> dict:
     return total
 
 
-def histories_block(block: pa.Table, history_len: int) -> pa.Table:
-    """One row per user in the block: the last ``history_len`` interactions.
-
-    Consecutive rows on the same item with rising engagement (click, play,
-    complete, like of one viewing) merge into one interaction that keeps the
-    deepest engagement, the first timestamp and the total dwell time; a repeat
-    at the same or a lower level is a new interaction (a rewatch).
-    """
-    if block.num_rows == 0:
-        return _empty_histories(block.schema.field("user_id").type)
-    block = block.sort_by([("user_id", "ascending"), ("ts", "ascending"), ("item", "ascending")])
-    users = block["user_id"].combine_chunks()
-    item = block["item"].to_numpy()
-    event = block["event"].to_numpy()
-    ts = block["ts"].to_numpy()
-    dwell = pc.fill_null(block["dwell_s"], 0.0).to_numpy()
-    user_change = np.ones(len(item), dtype=bool)
-    if len(item) > 1:
-        user_change[1:] = pc.not_equal(users[1:], users[:-1]).to_numpy(zero_copy_only=False)
-    run_start = user_change.copy()
-    # same item, deeper engagement (click -> play -> complete -> like): the same viewing;
-    # same item at the same or a lower level (play, play): a new one (rewatch, re-edit)
-    run_start[1:] |= (item[1:] != item[:-1]) | (event[1:] <= event[:-1])
-    starts = np.flatnonzero(run_start)
-    item, ts = item[starts], ts[starts]
-    event = np.maximum.reduceat(event, starts)
-    dwell = np.add.reduceat(dwell, starts).astype(np.float32)
-    user_first = user_change[starts]
-    group_starts = np.flatnonzero(user_first)
-    group_ends = np.append(group_starts[1:], len(item))
-    n_events = group_ends - group_starts
-    keep_from = np.maximum(group_starts, group_ends - history_len)
-    lengths = group_ends - keep_from
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    take = np.repeat(keep_from - offsets[:-1], lengths) + np.arange(offsets[-1])
-    off = pa.array(offsets)
-    return pa.table({
-        "user_id": users.take(pa.array(np.flatnonzero(user_change))),
-        "items": pa.ListArray.from_arrays(off, pa.array(item[take])),
-        "events": pa.ListArray.from_arrays(off, pa.array(event[take])),
-        "ts": pa.ListArray.from_arrays(off, pa.array(ts[take])),
-        "n_events": pa.array(n_events.astype(np.int32)),
-    })
-
-
-def _empty_histories(user_type: pa.DataType) -> pa.Table:
-    return pa.table({"user_id": pa.array([], user_type),
-                     "items": pa.array([], pa.list_(pa.int64())),
-                     "events": pa.array([], pa.list_(pa.int8())),
-                     "ts": pa.array([], pa.list_(pa.int64())),
-                     "n_events": pa.array([], pa.int32())})
-
-
-def build_histories(events: ray.data.Dataset, vocab: Vocab, history_len: int,
-                    partitions: int, events_uri: str, run_uri: str) -> ray.data.Dataset:
-    """Events -> one row per user with their last ``history_len`` interactions."""
-    interactions = events.map_batches(
-        to_interactions, batch_format="pyarrow",
-        fn_kwargs={"vocab": vocab, "events_uri": events_uri, "run_uri": run_uri})
-    return interactions.repartition(partitions, keys=["user_id"]).map_batches(
-        histories_block, batch_size=None, batch_format="pyarrow",
-        fn_kwargs={"history_len": history_len})
-
-
-def distinct_items(events: ray.data.Dataset) -> pa.Array:
-    """Every item id in the events (O(items) on the driver, never O(events))."""
-    return pa.array(events.unique("item_id"))
+def read_log_rows(events_uri: str, partitions: list[str], run_uri: str,
+                  vocab: Vocab | None = None) -> ray.data.Dataset:
+    """The given day partitions as validated log rows (rejects and counts under ``run_uri``)."""
+    return read_events(events_uri, partitions).map_batches(
+        to_log_rows, batch_format="pyarrow",
+        fn_kwargs={"events_uri": events_uri, "run_uri": run_uri, "vocab": vocab})
 
 
 def item_counts(histories: ray.data.Dataset, vocab_size: int, holdout_last: bool) -> np.ndarray:

@@ -47,10 +47,12 @@ class Vocab:
         names = pa.array(["unknown", *self.categories])
         return names.take(pa.array(np.asarray(cat_indices, dtype=np.int64)))
 
-    def digest(self) -> str:
-        """Identity of the mapping; models trained together must share it."""
+    def digest(self, size: int | None = None) -> str:
+        """Identity of the mapping (of its first ``size - 1`` items when given);
+        models trained together must share it, and an extension keeps its base's."""
         h = hashlib.sha256()
-        for s in self.item_ids.cast(pa.string()).to_pylist():
+        ids = self.item_ids if size is None else self.item_ids.slice(0, size - 1)
+        for s in ids.cast(pa.string()).to_pylist():
             h.update(s.encode() + b"\0")
         return h.hexdigest()[:16]
 
@@ -94,22 +96,46 @@ class Vocab:
         return cls.from_table(pq.read_table(path, filesystem=fs))
 
     @classmethod
-    def build(cls, catalog: pa.Table, log_item_ids: pa.Array) -> "Vocab":
-        """Catalog items (sorted) then items seen only in the logs (sorted, category unknown)."""
-        cat_ids = pc.unique(catalog["item_id"]).sort()
+    def build(cls, catalog: pa.Table, log_item_ids: pa.Array, asof_us: int | None = None,
+              base: "Vocab | None" = None) -> "Vocab":
+        """Vocabulary of a model trained as of ``asof``.
+
+        Without ``base``: catalog items published before ``asof`` (sorted), then
+        items seen only in the logs (sorted, category unknown). With ``base`` (a
+        warm start, or scoring new content with an older model): ``base``'s items
+        keep their indices and categories, and the new items are appended, each
+        in its catalog category when ``base`` knows that category, else unknown.
+        """
+        cat_ids = catalog["item_id"]
+        if asof_us is not None:
+            published = pc.cast(catalog["published_at"], pa.int64())
+            catalog = catalog.filter(pc.fill_null(pc.less(published, asof_us), True))
+            cat_ids = catalog["item_id"]
+        cat_ids = pc.unique(cat_ids).sort()
+        cat_ids = cat_ids.combine_chunks() if isinstance(cat_ids, pa.ChunkedArray) else cat_ids
         try:
             log_ids = pc.drop_null(pc.unique(log_item_ids.cast(cat_ids.type)))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             raise ValueError(f"item ids in the logs ({log_item_ids.type}) do not match the "
                              f"catalog's ({cat_ids.type}): {exc}") from exc
-        extra = pc.filter(log_ids, pc.invert(pc.is_in(log_ids, value_set=cat_ids))).sort()
-        ids = pa.concat_arrays([cat_ids.combine_chunks() if isinstance(cat_ids, pa.ChunkedArray)
-                                else cat_ids, extra])
-        categories = pc.fill_null(catalog["category"], "unknown")
-        t = pa.table({"item_id": ids,
-                      "category": pa.concat_arrays([
-                          categories.combine_chunks().take(
-                              pc.index_in(cat_ids, value_set=catalog["item_id"].combine_chunks())),
-                          pa.nulls(len(extra), pa.string()).fill_null("unknown")]),
-                      "popularity": np.zeros(len(ids))})
-        return cls.from_table(t)
+        known = base.item_ids if base is not None else pa.array([], cat_ids.type)
+        new_cat = pc.filter(cat_ids, pc.invert(pc.is_in(cat_ids, value_set=known)))
+        taken = pa.concat_arrays([known, new_cat])
+        new_log = pc.filter(log_ids, pc.invert(pc.is_in(log_ids, value_set=taken))).sort()
+        names = pc.fill_null(catalog["category"], "unknown").combine_chunks()
+        new_cat_names = names.take(pc.index_in(new_cat, value_set=catalog["item_id"].combine_chunks()))
+        if base is None:
+            t = pa.table({"item_id": pa.concat_arrays([new_cat, new_log]),
+                          "category": pa.concat_arrays([new_cat_names, pa.array(["unknown"] * len(new_log), pa.string())]),
+                          "popularity": np.zeros(len(new_cat) + len(new_log))})
+            return cls.from_table(t)
+        index = {c: i + 1 for i, c in enumerate(base.categories)}
+        new_item_cat = [index.get(c, 0) for c in new_cat_names.to_pylist()] + [0] * len(new_log)
+        return cls(pa.concat_arrays([known, new_cat, new_log.cast(known.type)]),
+                   np.concatenate([base.item_category, np.array(new_item_cat, dtype=np.int64)]),
+                   list(base.categories),
+                   np.concatenate([base.popularity, np.zeros(len(new_item_cat))]))
+
+    def extend(self, catalog: pa.Table, asof_us: int) -> "Vocab":
+        """This vocabulary plus the catalog items published before ``asof`` that it lacks."""
+        return Vocab.build(catalog, pa.array([], self.item_ids.type), asof_us, base=self)

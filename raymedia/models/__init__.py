@@ -24,3 +24,34 @@ def build(kind: str, kwargs: dict, vocab_size: int, num_categories: int, max_len
     extra = {"popularity": popularity} if kind == "two_tower" else {}
     return MODELS[kind](vocab_size, num_categories, max_len, item_category=item_category,
                         **kwargs, **extra)
+
+
+def grow_items(model: torch.nn.Module, item_category: torch.Tensor, popularity: torch.Tensor) -> None:
+    """Append item rows for items the model has never seen (in place).
+
+    A new item starts at the popularity-weighted mean embedding of the known
+    items in its category (of all known items when its category is new), so new
+    content can be scored the day it appears and a warm start begins from a
+    sensible point. Known items keep their rows exactly. ``item_category`` and
+    ``popularity`` are per index of the grown vocabulary.
+    """
+    old = model.item_emb.weight.data
+    n_old, n_new = old.shape[0], len(item_category)
+    if n_new < n_old:
+        raise ValueError(f"cannot shrink the item table from {n_old} to {n_new} rows")
+    weight = popularity[:n_old].to(old).clamp(min=0) + 1.0
+    weight[0] = 0.0                                          # padding is not an item
+    cats = item_category[:n_old].long()
+    k = int(item_category.max()) + 1 if len(item_category) else 1
+    sums = torch.zeros(k, old.shape[1], dtype=old.dtype).index_add_(0, cats, weight[:, None] * old)
+    mass = torch.zeros(k, dtype=old.dtype).index_add_(0, cats, weight)
+    overall = (weight[:, None] * old).sum(0) / weight.sum().clamp(min=1e-12)
+    centroid = torch.where(mass[:, None] > 0, sums / mass.clamp(min=1e-12)[:, None], overall)
+    new_cats = item_category[n_old:].long()
+    rows = torch.where((new_cats > 0)[:, None], centroid[new_cats], overall)
+    emb = torch.nn.Embedding(n_new, old.shape[1], padding_idx=0).to(old.device)
+    emb.weight.data = torch.cat([old, rows.to(old)])
+    model.item_emb = emb
+    model.item_category = item_category.to(old.device).long()
+    if hasattr(model, "sample_prob"):
+        model.sample_prob = model.popularity_sampler(popularity).to(old.device)

@@ -39,9 +39,14 @@ class TwoTowerModel(nn.Module):
                              item_category if item_category is not None
                              else torch.zeros(vocab_size, dtype=torch.long))
         pop = popularity if popularity is not None else torch.ones(vocab_size)
-        q = pop.double() + 1.0
+        self.register_buffer("sample_prob", self.popularity_sampler(pop))
+
+    @staticmethod
+    def popularity_sampler(popularity: torch.Tensor) -> torch.Tensor:
+        """Negative-sampling distribution: smoothed popularity, never the padding index."""
+        q = popularity.double() + 1.0
         q[0] = 0.0
-        self.register_buffer("sample_prob", (q / q.sum()).float())
+        return (q / q.sum()).float()
 
     def item_vectors(self, idx: torch.Tensor) -> torch.Tensor:
         x = torch.cat([self.item_emb(idx), self.cat_emb(self.item_category[idx])], -1)

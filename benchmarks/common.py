@@ -1,0 +1,23 @@
+"""What every benchmark shares: the repo on sys.path, and appending a figure to BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import platform
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def record(title: str, text: str) -> None:
+    """Append a section (machine, versions, command, table) to BENCHMARKS.md."""
+    import ray
+    import torch
+    machine = (f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+               f"torch {torch.__version__}, ray {ray.__version__}")
+    cmd = " ".join(["python", os.path.relpath(os.path.abspath(sys.argv[0]), ROOT), *sys.argv[1:]])
+    with open(ROOT / "BENCHMARKS.md", "a") as f:
+        f.write(f"\n### {title} ({dt.date.today()})\n\n`{cmd}` on {machine}\n\n{text}\n")

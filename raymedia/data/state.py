@@ -1,0 +1,296 @@
+"""Per-user state: each user's last N interactions, built from scratch or merged nightly.
+
+The *user state of day D* holds, for every user active in the window
+``[D - lookback, D)``, their last N interactions (item id, event, time, dwell),
+their interaction count per day of the window and the last day they were seen
+(impressions count as being seen). It keeps item *ids*, not vocabulary indices,
+so it survives retraining and new items.
+
+Two ways to build it, equal row for row:
+
+- **rebuild**: every event of the window -> interactions -> ``state_block``;
+- **incremental**: yesterday's state, with what fell out of the window dropped,
+  plus one new day of events -> ``state_block``.
+
+They agree because interactions never span midnight (a viewing is merged from
+consecutive rows on one item with rising engagement, within one UTC day), the
+last N of a window are inside the last N of the previous window plus the new
+day, and day counts, not truncated lists, give the event counts.
+
+Rows flow through one schema (``LOG_SCHEMA``): ``kind`` says whether a row is a
+new event, a carried interaction, a carried day count or a carried last-seen
+day. All of a user's rows meet in one block after a hash shuffle on
+``user_id`` (the guarantee Ray's own ``map_groups`` relies on); each block is
+then one vectorised pass, not one Python call per user.
+
+``to_histories`` maps a state to model inputs with one model's vocabulary.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
+
+from raymedia import storage
+from raymedia.data.vocab import Vocab
+from raymedia.schema import EVENT_CODE
+
+US_PER_DAY = 86_400_000_000
+NEW, CARRIED, DAY_COUNT, LAST_SEEN = range(4)
+IMPRESSION = EVENT_CODE["impression"]
+
+
+def log_schema(user_type: pa.DataType, item_type: pa.DataType) -> pa.Schema:
+    return pa.schema([("user_id", user_type), ("item_id", item_type), ("event", pa.int8()),
+                      ("ts", pa.int64()), ("dwell_s", pa.float32()), ("day", pa.int32()),
+                      ("kind", pa.int8()), ("pos", pa.int32()), ("count", pa.int32())])
+
+
+def state_schema(user_type: pa.DataType, item_type: pa.DataType) -> pa.Schema:
+    return pa.schema([("user_id", user_type), ("item_ids", pa.list_(item_type)),
+                      ("events", pa.list_(pa.int8())), ("ts", pa.list_(pa.int64())),
+                      ("dwell_s", pa.list_(pa.float32())), ("days", pa.list_(pa.int32())),
+                      ("counts", pa.list_(pa.int32())), ("last_day", pa.int32())])
+
+
+def epoch_day(ts_us) -> np.ndarray:
+    return np.floor_divide(np.asarray(ts_us, dtype=np.int64), US_PER_DAY).astype(np.int32)
+
+
+def log_rows(events: pa.Table) -> pa.Table:
+    """Valid events (``user_id, item_id, event code, ts (us), dwell_s``) -> NEW log rows.
+
+    Impressions are exposure, not taste: only one row per user survives, to
+    record that the user was seen (a user with nothing but impressions is a
+    cold-start user, recommended from popularity).
+    """
+    is_imp = pc.equal(events["event"], IMPRESSION).to_numpy(zero_copy_only=False)
+    if is_imp.any():
+        imp = events.filter(pa.array(is_imp))
+        _, first = np.unique(pc.dictionary_encode(imp["user_id"]).combine_chunks().indices.to_numpy(),
+                             return_index=True)
+        imp = imp.take(pa.array(first))
+        imp = imp.set_column(1, "item_id", pa.nulls(imp.num_rows, events.schema.field("item_id").type))
+        events = pa.concat_tables([events.filter(pa.array(~is_imp)), imp])
+    n = events.num_rows
+    ts = events["ts"].to_numpy()
+    return pa.table({
+        "user_id": events["user_id"], "item_id": events["item_id"], "event": events["event"],
+        "ts": events["ts"], "dwell_s": pc.fill_null(events["dwell_s"], 0.0),
+        "day": pa.array(epoch_day(ts)), "kind": pa.array(np.full(n, NEW, np.int8)),
+        "pos": pa.array(np.zeros(n, np.int32)), "count": pa.array(np.zeros(n, np.int32)),
+    }, schema=log_schema(events.schema.field("user_id").type, events.schema.field("item_id").type))
+
+
+def carried_rows(state: pa.Table, first_day: int) -> pa.Table:
+    """Yesterday's state -> CARRIED / DAY_COUNT / LAST_SEEN log rows still inside the window."""
+    user_t = state.schema.field("user_id").type
+    item_t = state.schema.field("item_ids").type.value_type
+    parts = []
+
+    def flat(col: str) -> tuple[np.ndarray, np.ndarray]:
+        arr = state[col].combine_chunks()
+        lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False).astype(np.int64)
+        return np.repeat(np.arange(state.num_rows), lengths), lengths
+
+    owner, lengths = flat("item_ids")
+    ts = pc.list_flatten(state["ts"]).to_numpy()
+    day = epoch_day(ts)
+    pos = np.arange(len(owner)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    keep = day >= first_day
+    parts.append(pa.table({
+        "user_id": state["user_id"].take(pa.array(owner[keep])),
+        "item_id": pc.list_flatten(state["item_ids"]).filter(pa.array(keep)),
+        "event": pc.list_flatten(state["events"]).filter(pa.array(keep)),
+        "ts": pa.array(ts[keep]),
+        "dwell_s": pc.list_flatten(state["dwell_s"]).filter(pa.array(keep)),
+        "day": pa.array(day[keep]), "kind": pa.array(np.full(keep.sum(), CARRIED, np.int8)),
+        "pos": pa.array(pos[keep].astype(np.int32)), "count": pa.array(np.zeros(keep.sum(), np.int32)),
+    }, schema=log_schema(user_t, item_t)))
+    owner, _ = flat("days")
+    days = pc.list_flatten(state["days"]).to_numpy()
+    keep = days >= first_day
+    parts.append(_meta_rows(state["user_id"].take(pa.array(owner[keep])), days[keep],
+                            pc.list_flatten(state["counts"]).to_numpy()[keep], DAY_COUNT, item_t))
+    last = state["last_day"].to_numpy()
+    keep = last >= first_day
+    parts.append(_meta_rows(state["user_id"].filter(pa.array(keep)), last[keep],
+                            np.zeros(keep.sum(), np.int32), LAST_SEEN, item_t))
+    return pa.concat_tables(parts)
+
+
+def _meta_rows(users, days: np.ndarray, counts: np.ndarray, kind: int, item_t: pa.DataType) -> pa.Table:
+    n = len(days)
+    return pa.table({
+        "user_id": users, "item_id": pa.nulls(n, item_t), "event": pa.array(np.zeros(n, np.int8)),
+        "ts": pa.array(np.zeros(n, np.int64)), "dwell_s": pa.array(np.zeros(n, np.float32)),
+        "day": pa.array(days.astype(np.int32)), "kind": pa.array(np.full(n, kind, np.int8)),
+        "pos": pa.array(np.zeros(n, np.int32)), "count": pa.array(counts.astype(np.int32)),
+    }, schema=log_schema(users.type, item_t))
+
+
+def _group_lists(t: pa.Table, columns: list[str]) -> pa.Table:
+    """One row per user_id with the listed columns aggregated into lists, order kept."""
+    agg = t.group_by("user_id", use_threads=False).aggregate([(c, "list") for c in columns])
+    return agg.select(["user_id", *[f"{c}_list" for c in columns]]).rename_columns(["user_id", *columns])
+
+
+def state_block(block: pa.Table, n: int) -> pa.Table:
+    """All log rows of some users -> one state row per user (see the module doc)."""
+    user_t = block.schema.field("user_id").type
+    item_t = block.schema.field("item_id").type
+    if block.num_rows == 0:
+        return state_schema(user_t, item_t).empty_table()
+    kind = block["kind"].to_numpy()
+    event = block["event"].to_numpy()
+    is_inter = ((kind == NEW) & (event != IMPRESSION)) | (kind == CARRIED)
+    inter = block.filter(pa.array(is_inter)).sort_by(
+        [("user_id", "ascending"), ("ts", "ascending"), ("pos", "ascending"),
+         ("item_id", "ascending"), ("event", "ascending"), ("dwell_s", "ascending")])
+    runs = _merge_runs(inter)
+
+    # day counts: today's new interactions plus the carried counts of earlier days
+    new_runs = runs.filter(pc.equal(runs["kind"], NEW)).select(["user_id", "day"])
+    counted = pa.concat_tables([
+        new_runs.append_column("count", pa.array(np.ones(new_runs.num_rows, np.int32))),
+        block.filter(pc.equal(block["kind"], DAY_COUNT)).select(["user_id", "day", "count"]),
+    ])
+    per_day = counted.group_by(["user_id", "day"], use_threads=False).aggregate([("count", "sum")])
+    per_day = pa.table({"user_id": per_day["user_id"], "days": per_day["day"],
+                        "counts": per_day["count_sum"].cast(pa.int32())}).sort_by(
+        [("user_id", "ascending"), ("days", "ascending")])
+    counts = _group_lists(per_day, ["days", "counts"])
+    last = block.group_by("user_id", use_threads=False).aggregate([("day", "max")])
+    last = pa.table({"user_id": last["user_id"], "last_day": last["day_max"]})
+
+    tail = _last_n(runs, n)
+    lists = _group_lists(tail.rename_columns(
+        ["item_ids" if c == "item_id" else "events" if c == "event" else c for c in tail.column_names]),
+        ["item_ids", "events", "ts", "dwell_s"])
+
+    last = last.sort_by("user_id")
+    users = last["user_id"].combine_chunks()
+    schema = state_schema(user_t, item_t)
+    cols = []
+    for f in schema:
+        if f.name in ("user_id", "last_day"):
+            col = last[f.name].combine_chunks()
+        else:       # users without interactions (only impressions) get empty lists
+            src = lists if f.name in lists.column_names else counts
+            at = pc.index_in(users, value_set=src["user_id"].combine_chunks())
+            col = src[f.name].combine_chunks().take(at)
+            col = pc.if_else(pc.is_null(at), pa.scalar([], f.type), col)
+        cols.append(col.cast(f.type))
+    return pa.Table.from_arrays(cols, schema=schema)
+
+
+def _merge_runs(inter: pa.Table) -> pa.Table:
+    """Consecutive NEW rows of one user, item and day with rising engagement -> one interaction.
+
+    Click -> play -> complete -> like of one viewing is one interaction that
+    keeps the deepest event, the first time and the total dwell; the same item
+    again at the same or a lower level is a new one (a rewatch, a re-edit).
+    CARRIED rows were merged the night they arrived and stay as they are.
+    """
+    if inter.num_rows == 0:
+        return inter
+    users = inter["user_id"].combine_chunks()
+    items = inter["item_id"].combine_chunks()
+    event = inter["event"].to_numpy()
+    day = inter["day"].to_numpy()
+    kind = inter["kind"].to_numpy()
+    start = np.ones(inter.num_rows, dtype=bool)
+    if inter.num_rows > 1:
+        same = (pc.equal(users[1:], users[:-1]).to_numpy(zero_copy_only=False)
+                & pc.equal(items[1:], items[:-1]).to_numpy(zero_copy_only=False))
+        start[1:] = (~same | (event[1:] <= event[:-1]) | (day[1:] != day[:-1])
+                     | (kind[1:] != NEW) | (kind[:-1] != NEW))
+    starts = np.flatnonzero(start)
+    runs = inter.take(pa.array(starts))
+    runs = runs.set_column(runs.schema.get_field_index("event"), "event",
+                           pa.array(np.maximum.reduceat(event, starts).astype(np.int8)))
+    dwell = inter["dwell_s"].to_numpy().astype(np.float64)
+    return runs.set_column(runs.schema.get_field_index("dwell_s"), "dwell_s",
+                           pa.array(np.add.reduceat(dwell, starts).astype(np.float32)))
+
+
+def _last_n(runs: pa.Table, n: int) -> pa.Table:
+    """The last ``n`` rows of each user (rows sorted by user, then time)."""
+    if runs.num_rows == 0:
+        return runs
+    users = runs["user_id"].combine_chunks()
+    change = np.ones(runs.num_rows, dtype=bool)
+    change[1:] = pc.not_equal(users[1:], users[:-1]).to_numpy(zero_copy_only=False)
+    group = np.cumsum(change) - 1
+    ends = np.append(np.flatnonzero(change)[1:], runs.num_rows)
+    from_end = ends[group] - np.arange(runs.num_rows)
+    return runs.filter(pa.array(from_end <= n))
+
+
+def build(rows: ray.data.Dataset, n: int, partitions: int) -> ray.data.Dataset:
+    """Log rows of any kinds -> one state row per user (hash shuffle on user_id, then one pass)."""
+    return rows.repartition(partitions, keys=["user_id"]).map_batches(
+        state_block, batch_size=None, batch_format="pyarrow", fn_kwargs={"n": n})
+
+
+def to_histories(state: pa.Table, vocab: Vocab, n: int) -> pa.Table:
+    """State rows -> model histories: items as ``vocab`` indices (unknown items dropped),
+    the last ``n`` known ones, and ``n_events`` = interactions in the window."""
+    ids = state["item_ids"].combine_chunks()
+    lengths = pc.list_value_length(ids).to_numpy(zero_copy_only=False).astype(np.int64)
+    owner = np.repeat(np.arange(state.num_rows), lengths)
+    idx = vocab.lookup(pc.list_flatten(ids))
+    known = idx > 0
+    owner, kept = owner[known], np.flatnonzero(known)
+    per_user = np.bincount(owner, minlength=state.num_rows)
+    ends = np.cumsum(per_user)
+    from_end = ends[owner] - np.arange(len(owner))
+    tail = from_end <= n
+    owner, kept = owner[tail], kept[tail]
+    offsets = pa.array(np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=state.num_rows))])
+                       .astype(np.int32))
+    take = pa.array(kept)
+
+    def col(name: str) -> pa.Array:
+        return pa.ListArray.from_arrays(offsets, pc.list_flatten(state[name].combine_chunks()).take(take))
+    return pa.table({
+        "user_id": state["user_id"],
+        "items": pa.ListArray.from_arrays(offsets, pa.array(idx[kept])),
+        "events": col("events"), "ts": col("ts"), "dwell_s": col("dwell_s"),
+        "n_events": pa.array(_list_sums(state["counts"])),
+    })
+
+
+def _list_sums(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+    lengths = pc.list_value_length(arr).to_numpy(zero_copy_only=False).astype(np.int64)
+    values = pc.list_flatten(arr).to_numpy().astype(np.int64)
+    owner = np.repeat(np.arange(len(arr)), lengths)
+    return np.bincount(owner, weights=values, minlength=len(arr)).astype(np.int32)
+
+
+def write_part(batch: pa.Table, run_uri: str, table: str) -> pa.Table:
+    """Write one batch as ``run_uri/<table>/part-<uuid>.parquet``; return its name and rows.
+
+    Fresh names: a batch Ray retries never clobbers another, and the pipeline
+    commits only the files reported back (the rest are removed before commit).
+    """
+    name = f"{table}/part-{uuid.uuid4().hex}.parquet"
+    fs, root = storage.resolve(run_uri)
+    fs.create_dir(f"{root}/{table}", recursive=True)
+    pq.write_table(batch, f"{root}/{name}", filesystem=fs)
+    return pa.table({"table": [table], "file": [name], "rows": [batch.num_rows]})
+
+
+def distinct_items(user_state: ray.data.Dataset) -> pa.Array:
+    """Every item id in the users' state (O(items) on the driver, never O(users))."""
+    def unique(batch: pa.Table) -> pa.Table:
+        return pa.table({"item_id": pc.unique(pc.list_flatten(batch["item_ids"]))})
+    chunks = [b["item_id"] for b in user_state.map_batches(unique, batch_format="pyarrow", batch_size=None)
+              .iter_batches(batch_format="pyarrow", batch_size=None)]
+    return pc.unique(pa.chunked_array(chunks)) if chunks else pa.array([], pa.int64())
