@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine with Python 3.11:
 #   make demo   -- creates .venv, installs, runs `raymedia demo`
-#   make test   -- same environment plus test extras, runs the tests
+#   make test   -- same environment plus test extras, runs the tests (not the slow ones)
+#   make test-slow -- the slow fault tests only
 # torch is installed first, pinned, so pip never resolves a CUDA build on a CPU machine.
 
 PYTHON ?= python3
@@ -9,7 +10,7 @@ BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench install clean
+.PHONY: demo test test-slow bench install clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +27,11 @@ demo: install
 	$(BIN)/raymedia demo
 
 test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# fault tests that take minutes each (training worker kill, S3 down for good, ...)
+test-slow: install
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python benchmarks/scoring.py --users 20000 --items 5000
