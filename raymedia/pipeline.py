@@ -86,10 +86,12 @@ def state_len(cfg: Config) -> int:
     return cfg.data.history_len + 1
 
 
-def previous_state(cfg: Config, day: dt.date) -> tuple[storage.Commit | None, str]:
+def previous_state(cfg: Config, day: dt.date, rebuild: bool = False) -> tuple[storage.Commit | None, str]:
     """The committed user state of ``day - 1`` if this run can build on it, else why not."""
     if not cfg.data.incremental:
         return None, "data.incremental is off"
+    if rebuild:
+        return None, "asked to rebuild (first day of a backfill)"
     prev = day - dt.timedelta(days=1)
     c = storage.read_commit(cfg.output.uri, prev)
     if c is None:
@@ -106,7 +108,7 @@ def previous_state(cfg: Config, day: dt.date) -> tuple[storage.Commit | None, st
 
 
 def prepare(cfg: Config, day: dt.date, run_id: str, secs: dict, base: Vocab | None = None,
-            learn_items: bool = True) -> Inputs:
+            learn_items: bool = True, rebuild_state: bool = False) -> Inputs:
     """Day ``day``'s user state (as of 00:00 UTC) and the model histories it gives.
 
     Nightly (incremental): the state committed with ``day - 1`` plus the one
@@ -118,7 +120,7 @@ def prepare(cfg: Config, day: dt.date, run_id: str, secs: dict, base: Vocab | No
     the run's (uncommitted) directory.
     """
     storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
-    prev, why = previous_state(cfg, day)
+    prev, why = previous_state(cfg, day, rebuild_state)
     if prev is not None:
         days = [day - dt.timedelta(days=1)]
         log.info("user state: incremental from %s + events of dt=%s", why, days[0])
@@ -238,7 +240,7 @@ def scoring_models(cfg: Config, day: dt.date, version: str | None = None,
 
 
 def run_day(cfg: Config, day: dt.date, train_models: bool = True, run_id: str | None = None,
-            models: dict[str, str] | None = None) -> RunResult:
+            models: dict[str, str] | None = None, rebuild_state: bool = False) -> RunResult:
     """Score every user active in the look-back window before ``day`` and commit day ``day``.
 
     Trains first when ``train_models``; otherwise scores with ``models`` (default: latest).
@@ -253,7 +255,7 @@ def run_day(cfg: Config, day: dt.date, train_models: bool = True, run_id: str | 
     models = None if train_models else (models or scoring_models(cfg, day))
     plan = training_plan(cfg, day) if train_models else None
     inputs = prepare(cfg, day, run_id, secs, _vocab_of(plan.parent if plan else models["sequence"]),
-                     learn_items=train_models)
+                     learn_items=train_models, rebuild_state=rebuild_state)
     model_uris = train_all(cfg, inputs, plan, secs) if train_models else dict(models)
     for kind in set(MODEL_KINDS) - set(model_uris):     # a run that trained only some kinds
         model_uris[kind] = checkpoint.latest(cfg.output.models_uri, kind)
@@ -342,7 +344,9 @@ def backfill(cfg: Config, start: dt.date, end: dt.date, overwrite: bool = False,
             continue
         t0 = time.perf_counter()
         models = None if train_models else scoring_models(cfg, day, model_version, point_in_time=True)
-        r = run_day(cfg, day, train_models=train_models, models=models)
+        # the first day rebuilds its user state from the window, so a backfill after a data
+        # fix never builds on a state made from the old data; later days chain incrementally
+        r = run_day(cfg, day, train_models=train_models, models=models, rebuild_state=not results)
         results.append(r)
         echo(f"[{i}/{len(days)}] dt={day} committed {r.counts['users_scored']} users "
              f"from {r.counts['input_rows']} rows in {time.perf_counter() - t0:.0f}s "

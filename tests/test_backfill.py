@@ -68,6 +68,9 @@ def test_killed_backfill_resumes_at_the_first_uncommitted_day_without_leakage(tr
         assert len(users) == len(set(users))
         assert set(users) == _active_users(root, d, cfg.data.lookback_days)
     assert glob.glob(f"{out}/dt={days[3]}/run=*") == [f"{out}/dt={days[3]}/run={results[0].run_id}"]
+    # each (re)started backfill rebuilds its first day's user state, then chains night to night
+    modes = [storage.read_commit(out, d).details["state"]["mode"] for d in days]
+    assert modes == ["rebuild", "incremental", "incremental", "rebuild", "incremental"]
 
     # Events on or after day 3 must not change day 3's output.
     before = storage.read_committed(out, days[2], "recommendations").sort_by("user_id")
