@@ -1,11 +1,26 @@
-"""Offline evaluation: leave-last-out, full ranking over all items.
+"""Offline evaluation: leave-last-out, full ranking over all items (primary) and sampled
+ranking against 100 negatives (always labelled ``sampled``).
 
-Each user's last interaction is the test item; the models rank every item
+Each user's last interaction is the test item; every ranker orders every item
 from the rest of the history (seen items masked when the run masks them, so a
-repeat test item counts as a miss for every model alike). Ranks use the same
-deterministic ordering as scoring. The popularity baseline is ranked side by
-side in the same pass. The return head is scored on the users held out of its
-training (see ``features.return_eval_users``) with AUC.
+repeat test item counts as a miss for every ranker alike). Ranks use the same
+deterministic ordering as scoring (ties to the lower item index). Rankers, all
+in the same pass over the same users:
+
+- the trained models (``sequence``, ``two_tower``);
+- ``popularity``: training-interaction counts;
+- ``own_history`` (the repeat baseline): how often the item occurs in the
+  user's history, ties to the most recent, then popular items fill the rest.
+  With seen items masked it reduces to popularity.
+
+Per ranker: HR@K, NDCG@K, MRR (full ranking), catalog coverage of the top-K
+lists, their popularity bias (mean popularity percentile of recommended items;
+the catalog's own mean is 0.5), and HR/NDCG by user-history length. The return
+head is scored on the users held out of its training (see
+``features.return_eval_users``) with AUC, Brier score and calibration (ECE over
+10 equal-width bins, the bins themselves kept for the reliability plot).
+
+``metrics.json`` has a stable schema, versioned by ``schema_version``.
 """
 
 from __future__ import annotations
@@ -17,8 +32,17 @@ import torch
 
 from raymedia.config import Config
 from raymedia.data.vocab import Vocab
-from raymedia.score import _Models, target_ranks
+from raymedia.score import _mask_seen, _Models, decode_keys, score_keys
 
+SCHEMA_VERSION = 1
+SAMPLED_NEGATIVES = 100
+CALIBRATION_BINS = 10
+HISTORY_BUCKETS = (1, 2, 4, 8, 16, 32)           # lower edges of history-length buckets
+BASELINES = ("popularity", "own_history")
+
+
+# ---------------------------------------------------------------------------------------
+# metrics on 0-based ranks (-1: the test item was masked, a miss)
 
 def hit_rate(ranks: np.ndarray, k: int) -> float:
     """Share of users whose test item ranks in the top k (rank -1 = masked = miss)."""
@@ -33,6 +57,42 @@ def ndcg(ranks: np.ndarray, k: int) -> float:
         return float("nan")
     hit = (ranks >= 0) & (ranks < k)
     return float(np.mean(np.where(hit, 1.0 / np.log2(np.maximum(ranks, 0) + 2.0), 0.0)))
+
+
+def mrr(ranks: np.ndarray) -> float:
+    """Mean reciprocal rank over the full ranking; a masked test item scores 0."""
+    ranks = np.asarray(ranks)
+    if not len(ranks):
+        return float("nan")
+    return float(np.mean(np.where(ranks >= 0, 1.0 / (np.maximum(ranks, 0) + 1.0), 0.0)))
+
+
+def coverage(top: np.ndarray, num_items: int) -> float:
+    """Share of the catalog (``num_items``) that appears in at least one top-K list.
+
+    ``top`` is (users, K) item indices, -1 or 0 for empty slots."""
+    top = np.asarray(top)
+    distinct = np.unique(top[top > 0])
+    return float(len(distinct) / num_items) if num_items else float("nan")
+
+
+def popularity_percentile(popularity: np.ndarray) -> np.ndarray:
+    """Per item index: the share of catalog items strictly less popular, plus half the ties
+    (so the catalog's mean is 0.5). Index 0 (padding) is not an item."""
+    pop = np.asarray(popularity, dtype=np.float64)[1:]
+    order = np.sort(pop)
+    less = np.searchsorted(order, pop, side="left")
+    equal = np.searchsorted(order, pop, side="right") - less
+    out = np.zeros(len(pop) + 1)
+    out[1:] = (less + 0.5 * equal) / max(len(pop), 1)
+    return out
+
+
+def popularity_bias(top: np.ndarray, percentile: np.ndarray) -> float:
+    """Mean popularity percentile of the recommended items (0.5: like the catalog)."""
+    top = np.asarray(top)
+    items = top[top > 0]
+    return float(np.mean(percentile[items])) if len(items) else float("nan")
 
 
 def auc(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -51,26 +111,153 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+def calibration(p: np.ndarray, labels: np.ndarray, bins: int = CALIBRATION_BINS) -> dict:
+    """Reliability bins (equal width on [0, 1]) and the expected calibration error.
+
+    ECE = sum over bins of (bin users / users) * |mean prediction - observed rate|.
+    A prediction of exactly 1.0 falls in the last bin. Empty bins are listed with count 0.
+    """
+    p, y = np.asarray(p, dtype=np.float64), np.asarray(labels, dtype=np.float64)
+    idx = np.clip((p * bins).astype(np.int64), 0, bins - 1)
+    count = np.bincount(idx, minlength=bins)
+    sum_p = np.bincount(idx, weights=p, minlength=bins)
+    sum_y = np.bincount(idx, weights=y, minlength=bins)
+    table, ece = [], 0.0
+    for b in range(bins):
+        n = int(count[b])
+        mp = float(sum_p[b] / n) if n else None
+        rate = float(sum_y[b] / n) if n else None
+        if n:
+            ece += n / len(p) * abs(mp - rate)
+        table.append({"lo": b / bins, "hi": (b + 1) / bins, "count": n,
+                      "mean_predicted": mp, "observed_rate": rate})
+    return {"ece": float(ece) if len(p) else float("nan"), "bins": table}
+
+
+def history_bucket(n: np.ndarray) -> np.ndarray:
+    """Bucket index of each history length (events the ranker saw)."""
+    return np.searchsorted(np.asarray(HISTORY_BUCKETS), np.asarray(n), side="right") - 1
+
+
+def bucket_labels() -> list[str]:
+    edges = list(HISTORY_BUCKETS)
+    return [f"{lo}" if hi - lo == 1 else f"{lo}-{hi - 1}" for lo, hi in zip(edges, edges[1:])] + \
+           [f"{edges[-1]}+"]
+
+
+# ---------------------------------------------------------------------------------------
+# ranking
+
+def _sampled_negatives(user_hash: np.ndarray, target: np.ndarray, num_items: int,
+                       n: int = SAMPLED_NEGATIVES) -> np.ndarray:
+    """(B, n) distinct negatives per user, uniform over the items other than the target
+    (all of them when the catalog has fewer), fixed per user (seeded by the user's id),
+    so sampled figures repeat exactly. ``num_items`` counts the padding index 0."""
+    others = max(num_items - 2, 0)                  # real items minus the target
+    n = min(n, others)
+    out = np.empty((len(target), n), dtype=np.int64)
+    for i, (h, t) in enumerate(zip(user_hash, target)):
+        neg = np.random.default_rng(int(h)).choice(others, size=n, replace=False) + 1
+        out[i] = neg + (neg >= t)                   # skip the target
+    return out
+
+
+def rank_all(score_chunk, n_items: int, target: torch.Tensor, negatives: torch.Tensor,
+             k: int, chunk: int, seen: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """Full rank, sampled rank and top-k of each user's target under one ranker.
+
+    ``score_chunk(start, stop)`` gives (B, stop - start) float scores. Ordering is the
+    scorer's (unique int64 keys, ties to the lower index); masked items never rank.
+    Returns ``rank`` (-1 if the target is masked), ``sampled_rank`` (among the target and
+    its negatives) and ``top`` ((B, k) item indices, -1 where fewer items are unmasked).
+    """
+    B = len(target)
+    rows = torch.arange(B, device=target.device)
+    tkey = torch.empty(B, dtype=torch.long, device=target.device)
+    nkey = torch.empty(negatives.shape, dtype=torch.long, device=target.device)
+    best = None
+    for start in range(0, n_items, chunk):
+        s = score_chunk(start, min(start + chunk, n_items)).float()
+        _mask_seen(s, seen, start)
+        keys = score_keys(s, start)
+        stop = start + s.shape[1]
+        inside = (target >= start) & (target < stop)
+        tkey[inside] = keys[rows[inside], target[inside] - start]
+        ninside = (negatives >= start) & (negatives < stop)
+        r, c = torch.nonzero(ninside, as_tuple=True)
+        nkey[r, c] = keys[r, negatives[r, c] - start]
+        cat = keys if best is None else torch.cat([best, keys], 1)
+        best = torch.topk(cat, min(k, cat.shape[1]), dim=1, sorted=True).values
+    rank = torch.zeros(B, dtype=torch.long, device=target.device)
+    for start in range(0, n_items, chunk):
+        s = score_chunk(start, min(start + chunk, n_items)).float()
+        _mask_seen(s, seen, start)
+        rank += (score_keys(s, start) > tkey.unsqueeze(1)).sum(1)
+    masked = decode_keys(tkey)[0] == float("-inf")
+    top_scores, top = decode_keys(best)
+    top = torch.where(torch.isfinite(top_scores), top, torch.full_like(top, -1))
+    sampled = (nkey > tkey.unsqueeze(1)).sum(1)
+    return {"rank": torch.where(masked, torch.full_like(rank, -1), rank),
+            "sampled_rank": torch.where(masked, torch.full_like(sampled, -1), sampled),
+            "top": top}
+
+
+def own_history_scorer(items: torch.Tensor, pop_score: torch.Tensor):
+    """The repeat baseline as a chunk scorer: count of the item in the history, ties to the
+    most recent occurrence, then popularity (``pop_score`` in [0, 0.49]) for the rest."""
+    B, L = items.shape
+    valid = items > 0
+    rows = torch.arange(B, device=items.device).unsqueeze(1).expand(B, L)[valid]
+    cols = items[valid]
+    pos = torch.arange(L, device=items.device, dtype=torch.float32).unsqueeze(0).expand(B, L)[valid]
+
+    def score(start: int, stop: int) -> torch.Tensor:
+        s = pop_score[start:stop].unsqueeze(0).repeat(B, 1)
+        inside = (cols >= start) & (cols < stop)
+        flat = rows[inside] * (stop - start) + (cols[inside] - start)
+        count = torch.zeros(B * (stop - start), device=s.device).index_add_(
+            0, flat, torch.ones(len(flat), device=s.device)).view_as(s)
+        last = torch.zeros(B * (stop - start), device=s.device).scatter_reduce_(
+            0, flat, pos[inside] + 1, reduce="amax").view_as(s)
+        return torch.where(count > 0, count + 0.5 + 0.49 * last / (L + 1), s)
+    return score
+
+
 class Evaluator(_Models):
-    """Callable class for ``map_batches``: history rows -> per-user test ranks."""
+    """Callable class for ``map_batches``: history rows -> per-user ranks of every ranker."""
 
     def __init__(self, model_uris: dict[str, str], cfg: Config, asof: str, vocab: Vocab | None = None):
         super().__init__(model_uris, cfg, asof, vocab)
-        pop = torch.as_tensor(np.log1p(self.vocab.popularity), dtype=torch.float32)
-        self.items["popularity"] = pop.unsqueeze(1).to(self.device)
+        logpop = np.log1p(self.vocab.popularity)
+        self.pop = torch.as_tensor(logpop, dtype=torch.float32, device=self.device)
+        self.pop_fill = self.pop / max(float(self.pop.max()), 1e-12) * 0.49
+
+    def rankers(self, x: dict) -> dict:
+        out = {}
+        for kind in self.models:
+            users, items = self.user_vectors(kind, x), self.items[kind]
+            out[kind] = (lambda u, it: lambda a, b: u @ it[a:b].T)(users, items)
+        B = len(x["target"])
+        out["popularity"] = lambda a, b: self.pop[a:b].unsqueeze(0).repeat(B, 1)
+        out["own_history"] = own_history_scorer(x["items"], self.pop_fill)
+        return out
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
         kept, x = self.inputs(batch, "eval")
         seen = x["items"] if self.cfg.score.exclude_seen else None
-        chunk = self.cfg.score.item_chunk
+        chunk, k, n_items = self.cfg.score.item_chunk, self.cfg.eval.k, self.vocab.size
+        import pandas as pd
+        user_hash = pd.util.hash_array(np.asarray(kept["user_id"].to_pandas(), dtype=object),
+                                       categorize=False)
+        neg = torch.as_tensor(_sampled_negatives(user_hash, x["target"].cpu().numpy(), n_items),
+                              device=self.device)
         out = {"n_events": x["length"].cpu().numpy()}
         with torch.inference_mode():
-            for kind in self.models:
-                out[f"rank_{kind}"] = target_ranks(self.user_vectors(kind, x), self.items[kind],
-                                                   x["target"], chunk, seen).cpu().numpy()
-            ones = torch.ones(len(x["target"]), 1, device=self.device)
-            out["rank_popularity"] = target_ranks(ones, self.items["popularity"], x["target"],
-                                                  chunk, seen).cpu().numpy()
+            for name, fn in self.rankers(x).items():
+                r = rank_all(fn, n_items, x["target"], neg, k, chunk, seen)
+                out[f"rank_{name}"] = r["rank"].cpu().numpy()
+                out[f"sampled_{name}"] = r["sampled_rank"].cpu().numpy()
+                out[f"top_{name}"] = r["top"].cpu().numpy()
             if "sequence" in self.models:
                 seq = self.models["sequence"].model
                 out["p_return"] = torch.sigmoid(seq.return_logit(seq.user_states(x), x)).cpu().numpy()
@@ -80,27 +267,63 @@ class Evaluator(_Models):
         return out
 
 
-def summarize(rows: dict[str, np.ndarray], k: int) -> dict:
-    """Metrics from the per-user evaluation rows."""
+def summarize(rows: dict[str, np.ndarray], k: int, popularity: np.ndarray | None = None,
+              exclude_seen: bool | None = None) -> dict:
+    """metrics.json from the per-user evaluation rows (schema ``SCHEMA_VERSION``).
+
+    ``popularity`` (per vocabulary index) gives catalog coverage and popularity bias."""
     ranked = sorted(c[len("rank_"):] for c in rows if c.startswith("rank_"))
-    result = {"protocol": "leave-last-out", "ranking": "full", "k": k,
-              "users": int(len(rows["ret_label"])), "models": {}}
+    users = int(len(rows["ret_label"]))
+    result = {"schema_version": SCHEMA_VERSION, "protocol": "leave-last-out", "ranking": "full",
+              "k": k, "users": users, "exclude_seen": exclude_seen,
+              "catalog_items": int(len(popularity) - 1) if popularity is not None else None,
+              "baselines": [b for b in BASELINES if b in ranked], "models": {},
+              "sampled": {"ranking": "sampled", "negatives": SAMPLED_NEGATIVES, "models": {}},
+              "by_history_length": {"buckets": bucket_labels(), "users": [], "models": {}}}
+    pct = popularity_percentile(popularity) if popularity is not None else None
+    bucket = history_bucket(rows["n_events"]) if "n_events" in rows else np.zeros(users, np.int64)
+    result["by_history_length"]["users"] = [int((bucket == b).sum()) for b in range(len(HISTORY_BUCKETS))]
     for name in ranked:
         r = rows[f"rank_{name}"]
-        result["models"][name] = {f"hr@{k}": hit_rate(r, k), f"ndcg@{k}": ndcg(r, k)}
+        m = {f"hr@{k}": hit_rate(r, k), f"ndcg@{k}": ndcg(r, k), "mrr": mrr(r)}
+        top = rows.get(f"top_{name}")
+        if top is not None and pct is not None:
+            m["coverage"] = coverage(top[:, :k], len(popularity) - 1)
+            m["popularity_bias"] = popularity_bias(top[:, :k], pct)
+        result["models"][name] = m
+        if f"sampled_{name}" in rows:
+            s = rows[f"sampled_{name}"]
+            result["sampled"]["models"][name] = {f"hr@{k}": hit_rate(s, k), f"ndcg@{k}": ndcg(s, k)}
+        result["by_history_length"]["models"][name] = {
+            f"hr@{k}": [hit_rate(r[bucket == b], k) if (bucket == b).any() else None
+                        for b in range(len(HISTORY_BUCKETS))],
+            f"ndcg@{k}": [ndcg(r[bucket == b], k) if (bucket == b).any() else None
+                          for b in range(len(HISTORY_BUCKETS))]}
+    if pct is not None:
+        result["catalog_popularity_percentiles"] = _hist(pct[1:])
+        result["recommended_popularity_percentiles"] = {
+            name: _hist(pct[rows[f"top_{name}"][:, :k][rows[f"top_{name}"][:, :k] > 0]])
+            for name in ranked if f"top_{name}" in rows}
     if "p_return" in rows:
         m = rows["ret_eval"].astype(bool)
-        result["return"] = {"auc": auc(rows["p_return"][m], rows["ret_label"][m]),
-                            "users": int(m.sum()),
-                            "base_rate": float(np.mean(rows["ret_label"][m])) if m.any() else None}
+        p, y = rows["p_return"][m], rows["ret_label"][m]
+        result["return"] = {"auc": auc(p, y), "users": int(m.sum()),
+                            "base_rate": float(np.mean(y)) if m.any() else None,
+                            "brier": float(np.mean((p - y) ** 2)) if m.any() else None,
+                            **calibration(p, y),
+                            "score_histogram": {"positive": _hist(p[y > 0.5]),
+                                                "negative": _hist(p[y <= 0.5])}}
     return result
 
 
-def evaluate(histories: ray.data.Dataset, models: dict, cfg: Config) -> dict:
-    """Run the evaluator over all histories and summarise (per-user ranks are small ints).
+def _hist(values: np.ndarray, bins: int = 20) -> list[int]:
+    """Counts over ``bins`` equal-width bins of [0, 1] (for the report's plots)."""
+    return np.histogram(np.clip(np.asarray(values, dtype=np.float64), 0, 1), bins=bins,
+                        range=(0.0, 1.0))[0].astype(int).tolist()
 
-    ``models`` are the Evaluator's arguments: ``model_uris``, ``asof`` and the run's ``vocab``.
-    """
+
+def collect(histories: ray.data.Dataset, models: dict, cfg: Config) -> dict[str, np.ndarray]:
+    """Per-user evaluation rows of every ranker (ranks are small ints; top-K lists K ints)."""
     ranked = histories.map_batches(
         Evaluator, fn_constructor_kwargs={**models, "cfg": cfg},
         batch_size=cfg.score.batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=cfg.score.concurrency),
@@ -109,8 +332,18 @@ def evaluate(histories: ray.data.Dataset, models: dict, cfg: Config) -> dict:
     for batch in ranked.iter_batches(batch_format="numpy", batch_size=None):
         for c, v in batch.items():
             cols.setdefault(c, []).append(v)
-    rows = {c: np.concatenate(v) for c, v in cols.items()}
-    return summarize(rows, cfg.eval.k)
+    return {c: np.concatenate(v) for c, v in cols.items()}
+
+
+def evaluate(histories: ray.data.Dataset, models: dict, cfg: Config) -> dict:
+    """Run the evaluator over all histories and summarise.
+
+    ``models`` are the Evaluator's arguments: ``model_uris``, ``asof`` and the run's ``vocab``.
+    """
+    rows = collect(histories, models, cfg)
+    vocab = models.get("vocab")
+    pop = vocab.popularity if vocab is not None else None
+    return summarize(rows, cfg.eval.k, pop, cfg.score.exclude_seen)
 
 
 def _gpus() -> bool:

@@ -1,24 +1,116 @@
-"""Evaluation metrics against hand-computed values."""
+"""Evaluation metrics and rankers against hand-computed values."""
 
 import math
 
 import numpy as np
+import pyarrow as pa
 import pytest
+import torch
 
-from raymedia.evaluate import auc, hit_rate, ndcg, summarize
+from raymedia import features
+from raymedia.evaluate import (SAMPLED_NEGATIVES, SCHEMA_VERSION, _sampled_negatives, auc,
+                               calibration, coverage, hit_rate, mrr, ndcg, own_history_scorer,
+                               popularity_bias, popularity_percentile, rank_all, summarize)
 
 
-def test_hit_rate_and_ndcg_by_hand():
+def test_hit_rate_ndcg_and_mrr_by_hand():
     ranks = np.array([0, 1, 9, 10, -1])       # -1: test item masked (a miss)
     assert hit_rate(ranks, 10) == pytest.approx(3 / 5)
     expected = (1 / math.log2(2) + 1 / math.log2(3) + 1 / math.log2(11)) / 5
     assert ndcg(ranks, 10) == pytest.approx(expected)
     assert hit_rate(ranks, 1) == pytest.approx(1 / 5) and ndcg(ranks, 1) == pytest.approx(1 / 5)
+    assert mrr(ranks) == pytest.approx((1 + 1 / 2 + 1 / 10 + 1 / 11 + 0) / 5)
 
 
 def test_k_larger_than_catalog_counts_every_unmasked_item():
     assert hit_rate(np.array([3, 4]), 1000) == 1.0
-    assert math.isnan(hit_rate(np.array([]), 10))
+    assert math.isnan(hit_rate(np.array([]), 10)) and math.isnan(mrr(np.array([])))
+    # 3 items (index 0 is padding), K = 10: every item is in the top-K, the list has 3 entries
+    scores = torch.tensor([[0.0, 0.1, 0.3, 0.2]])
+    r = rank_all(lambda a, b: scores[:, a:b].clone(), 4, torch.tensor([1]), torch.tensor([[2, 3]]),
+                 10, 2, None)
+    assert r["rank"].tolist() == [2] and r["sampled_rank"].tolist() == [2]
+    assert r["top"].tolist() == [[2, 3, 1, -1]]          # padding never ranks
+    assert hit_rate(r["rank"].numpy(), 10) == 1.0
+
+
+def test_ties_go_to_the_lower_item_index_and_masked_targets_miss():
+    scores = torch.ones(2, 5)
+    seen = torch.tensor([[4, 0], [2, 0]])         # user 0 saw item 4, user 1 saw item 2
+    r = rank_all(lambda a, b: scores[:, a:b].clone(), 5, torch.tensor([3, 2]),
+                 torch.tensor([[1, 4], [1, 3]]), 2, 3, seen)
+    assert r["rank"].tolist() == [2, -1]          # items 1, 2 tie ahead of 3; 2 is masked
+    assert r["sampled_rank"].tolist() == [1, -1]  # negative 1 ahead (tie, lower index), 4 masked
+    assert r["top"].tolist() == [[1, 2], [1, 3]]
+
+
+def test_chunking_does_not_change_ranks():
+    g = torch.Generator().manual_seed(0)
+    u, items = torch.randn(7, 4, generator=g), torch.randn(50, 4, generator=g)
+    target, neg = torch.randint(1, 50, (7,), generator=g), torch.randint(1, 50, (7, 9), generator=g)
+    fn = lambda a, b: u @ items[a:b].T                      # noqa: E731
+    one = rank_all(fn, 50, target, neg, 10, 50, None)
+    many = rank_all(fn, 50, target, neg, 10, 7, None)
+    for key in one:
+        assert torch.equal(one[key], many[key])
+    full = (u @ items.T)
+    full[:, 0] = -float("inf")
+    expect = (full > full[torch.arange(7), target].unsqueeze(1)).sum(1)
+    assert one["rank"].tolist() == expect.tolist()
+
+
+def test_own_history_counts_then_recency_then_popularity():
+    # history (oldest first): 3, 5, 3, 5, 2 -> 3 and 5 twice (5 more recent), then 2, then popular
+    hist = torch.tensor([[3, 5, 3, 5, 2, 0]])
+    pop = torch.tensor([0.0, 0.1, 0.0, 0.0, 0.4, 0.2, 0.3])
+    fn = own_history_scorer(hist, pop)
+    r = rank_all(fn, 7, torch.tensor([3]), torch.tensor([[1, 2]]), 7, 3, None)
+    assert r["top"].tolist() == [[5, 3, 2, 4, 6, 1, -1]]
+    assert r["rank"].tolist() == [1]
+    # the same user with repeats excluded: popularity only
+    r = rank_all(fn, 7, torch.tensor([4]), torch.tensor([[1, 6]]), 7, 3, hist)
+    assert r["top"].tolist()[0][:3] == [4, 6, 1] and r["rank"].tolist() == [0]
+
+
+def test_users_with_one_event_are_not_evaluated_and_two_events_use_one():
+    batch = pa.table({"user_id": [1, 2], "items": [[7], [5, 5]], "events": [[3], [3, 3]],
+                      "ts": [[10], [10, 20]], "dwell_s": [[None], [None, None]], "n_events": [1, 2]})
+    kept, x = features.batch_inputs(batch, "eval", 4, 100, 10)
+    assert kept["user_id"].to_pylist() == [2] and x["length"].tolist() == [1]
+    assert x["target"].tolist() == [5]
+    fn = own_history_scorer(torch.as_tensor(x["items"]), torch.zeros(8))
+    r = rank_all(fn, 8, torch.as_tensor(x["target"]), torch.tensor([[1]]), 10, 8, None)
+    assert r["rank"].tolist() == [0]            # a repeat: the own-history baseline's first pick
+
+
+def test_sampled_negatives_are_fixed_per_user_and_never_the_target():
+    target = np.array([1, 5, 9])
+    a = _sampled_negatives(np.array([11, 12, 13], dtype=np.uint64), target, 10)
+    b = _sampled_negatives(np.array([11, 12, 13], dtype=np.uint64), target, 10)
+    assert a.shape == (3, 8) and np.array_equal(a, b)        # fewer items than 100: all others
+    assert ((a >= 1) & (a <= 9)).all() and not (a == target[:, None]).any()
+    assert set(a[1].tolist()) == set(range(1, 10)) - {5}
+    big = _sampled_negatives(np.arange(50, dtype=np.uint64), np.full(50, 7), 1001)
+    assert big.shape == (50, SAMPLED_NEGATIVES) and not (big == 7).any()
+    assert all(len(set(row)) == SAMPLED_NEGATIVES for row in big.tolist())     # distinct
+    assert 400 < big.mean() < 600 and big.min() >= 1 and big.max() <= 1000   # uniform-ish
+
+
+def test_coverage_and_popularity_bias():
+    top = np.array([[1, 2], [2, -1]])
+    assert coverage(top, 4) == 0.5
+    pct = popularity_percentile(np.array([0, 10, 20, 20, 40]))
+    assert pct[1:].tolist() == [0.125, 0.5, 0.5, 0.875]       # ties share their mid-rank
+    assert pct[1:].mean() == pytest.approx(0.5)
+    assert popularity_bias(top, pct) == pytest.approx((0.125 + 0.5 + 0.5) / 3)
+
+
+def test_calibration_by_hand():
+    c = calibration([0.05, 0.15, 0.15, 0.95, 1.0], [0, 1, 0, 1, 1], bins=10)
+    assert [b["count"] for b in c["bins"]] == [1, 2, 0, 0, 0, 0, 0, 0, 0, 2]
+    assert c["bins"][1]["mean_predicted"] == pytest.approx(0.15)
+    assert c["bins"][1]["observed_rate"] == 0.5 and c["bins"][2]["observed_rate"] is None
+    assert c["ece"] == pytest.approx((1 * 0.05 + 2 * 0.35 + 2 * 0.025) / 5)
 
 
 def test_auc_by_hand_with_ties():
@@ -28,11 +120,24 @@ def test_auc_by_hand_with_ties():
     assert math.isnan(auc([0.3, 0.4], [1, 1]))
 
 
-def test_summarize_reports_each_model_and_return_auc():
+def test_summarize_reports_each_ranker_sampled_and_return_calibration():
     rows = {"rank_a": np.array([0, 20]), "rank_popularity": np.array([5, -1]),
+            "sampled_a": np.array([0, 3]), "sampled_popularity": np.array([1, -1]),
+            "top_a": np.array([[1, 2], [1, 3]]), "top_popularity": np.array([[3, 2], [3, 2]]),
             "p_return": np.array([0.9, 0.2]), "ret_label": np.array([1.0, 0.0]),
-            "ret_eval": np.array([True, True]), "n_events": np.array([3, 4])}
-    s = summarize(rows, 10)
-    assert s["models"]["a"] == {"hr@10": 0.5, "ndcg@10": 0.5}
-    assert s["models"]["popularity"]["hr@10"] == 0.5
-    assert s["return"] == {"auc": 1.0, "users": 2, "base_rate": 0.5}
+            "ret_eval": np.array([True, True]), "n_events": np.array([3, 40])}
+    s = summarize(rows, 10, popularity=np.array([0, 1, 2, 3, 4]), exclude_seen=True)
+    assert s["schema_version"] == SCHEMA_VERSION and s["ranking"] == "full"
+    assert s["models"]["a"]["hr@10"] == 0.5 and s["models"]["a"]["ndcg@10"] == 0.5
+    assert s["models"]["a"]["mrr"] == pytest.approx((1 + 1 / 21) / 2)
+    assert s["models"]["a"]["coverage"] == 0.75 and s["models"]["popularity"]["coverage"] == 0.5
+    assert s["sampled"]["ranking"] == "sampled" and s["sampled"]["negatives"] == 100
+    assert s["sampled"]["models"]["a"]["hr@10"] == 1.0
+    assert s["baselines"] == ["popularity"]
+    by = s["by_history_length"]
+    assert by["buckets"][0] == "1" and by["buckets"][-1] == "32+"
+    assert by["models"]["a"]["hr@10"][by["buckets"].index("2-3")] == 1.0
+    assert by["models"]["a"]["hr@10"][-1] == 0.0 and sum(by["users"]) == 2
+    ret = s["return"]
+    assert ret["auc"] == 1.0 and ret["users"] == 2 and ret["base_rate"] == 0.5
+    assert ret["brier"] == pytest.approx((0.01 + 0.04) / 2) and ret["ece"] == pytest.approx(0.15)
