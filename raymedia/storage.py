@@ -92,7 +92,10 @@ def configure(endpoint_url: str | None = None, region: str | None = None) -> dic
 
 
 def _fsspec(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    fs, path = fsspec.core.url_to_fs(uri)
+    """The fsspec filesystem of a URI, without a listings cache: the commit protocol
+    lists a day's runs and generations and must see what other processes wrote since
+    (a cached listing once left a failed run's files behind after a later commit)."""
+    fs, path = fsspec.core.url_to_fs(uri, use_listings_cache=False)
     return fs, path
 
 

@@ -234,3 +234,170 @@ def test_a_killed_training_worker_resumes_from_its_checkpoint_and_reaches_the_sa
     popularity = result.metrics["models"]["popularity"][f"ndcg@{k}"]
     assert got > popularity and got >= 0.9 * undisturbed, (got, undisturbed, popularity)
     assert storage.read_commit(out, trained_run["day"]).generation == 1
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _usage() -> dict:
+    """What a leak would grow: the driver's memory and open files, the cluster's live
+    actors, and the memory of the session's worker processes."""
+    import ray
+    from ray.util.state import list_actors
+    raylet = _raylet_pid()
+    workers = [int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit()
+               and _ppid(d) == raylet]
+    alive = list_actors(address=ray.get_runtime_context().gcs_address, filters=[("state", "=", "ALIVE")],
+                        limit=10_000, raise_on_missing_output=False)
+    return {"driver_rss_mb": _rss_mb(os.getpid()), "open_files": len(os.listdir("/proc/self/fd")),
+            "alive_actors": sorted(a.class_name for a in alive),
+            "workers": len(workers), "workers_rss_mb": sum(_rss_mb(p) for p in workers)}
+
+
+def _ppid(d: Path) -> int:
+    try:
+        return int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
+@pytest.mark.slow
+def test_ten_nightly_runs_leave_no_growth_in_memory_files_or_actors(trained_run, tmp_path):
+    """Ten nightly score runs in a row (D, D+1, ...: day D rebuilds the user state, the
+    others carry it forward) in one driver on the session's cluster."""
+    import gc
+    out = str(tmp_path / "scores")
+    cfg, _ = score(trained_run, out)
+    seen = []
+    for i in range(10):
+        day = trained_run["day"] + dt.timedelta(days=i)
+        result = pipeline.run_day(cfg, day, train_models=False, models=trained_run["result"].model_uris)
+        commit = storage.read_commit(out, day)
+        assert commit.generation == 1 and commit.rows["recommendations"] == result.counts["users_scored"] > 0
+        gc.collect()
+        time.sleep(2)               # let Ray reap the run's actors before measuring
+        seen.append(_usage())
+    base, last = seen[2], seen[-1]            # after warm-up: imports, caches, worker pool
+    assert last["alive_actors"] == base["alive_actors"], (base["alive_actors"], last["alive_actors"])
+    assert last["open_files"] <= base["open_files"] + 5, [s["open_files"] for s in seen]
+    assert last["driver_rss_mb"] <= base["driver_rss_mb"] + 150, [s["driver_rss_mb"] for s in seen]
+    assert last["workers"] <= max(s["workers"] for s in seen[:3]) + 2, [s["workers"] for s in seen]
+    assert last["workers_rss_mb"] <= base["workers_rss_mb"] * 1.3 + 200, [s["workers_rss_mb"] for s in seen]
+
+
+# ------------------------------------------------------------------ a node goes away
+
+def _children(pid: int) -> list[int]:
+    return [int(d.name) for d in Path("/proc").iterdir() if d.name.isdigit() and _ppid(d) == pid]
+
+
+def _descendants(pid: int) -> set[int]:
+    out, todo = set(), [pid]
+    while todo:
+        for c in _children(todo.pop()):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
+def _title(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+@pytest.fixture
+def cluster_of_two(tmp_path):
+    """A head and a worker node (`ray start --block`, children of the test, token auth,
+    fresh ports), 2 CPUs each. Stopping the worker's `ray start` stops that node only."""
+    import secrets
+    import subprocess
+    import sys
+    import tempfile
+    from test_job_submit import BIN, _free_port, _wait_for
+    temp = tempfile.mkdtemp(prefix="rn", dir="/tmp")
+    gcs = _free_port()
+    token = Path(temp) / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env.update({"PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "RAY_TRAIN_V2_ENABLED": "1",
+                "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)})
+
+    def start(*args) -> subprocess.Popen:
+        return subprocess.Popen([str(BIN / "ray"), "start", *args, "--block", "--num-cpus=2",
+                                 f"--temp-dir={temp}", "--disable-usage-stats", "--node-ip-address=127.0.0.1",
+                                 f"--dashboard-agent-listen-port={_free_port()}",
+                                 f"--dashboard-agent-grpc-port={_free_port()}",
+                                 f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}"],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    nodes = [start("--head", f"--port={gcs}", "--include-dashboard=false")]
+    alive = ("import ray, sys; ray.init(address=sys.argv[1]); "
+             "print(len([n for n in ray.nodes() if n['Alive']]))")
+
+    def count() -> int:
+        r = subprocess.run([sys.executable, "-c", alive, f"127.0.0.1:{gcs}"], env=env,
+                           capture_output=True, text=True, timeout=120)
+        return int(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 and r.stdout.strip() else 0
+    try:
+        _wait_for(lambda: count() >= 1, 120, "head node did not come up")
+        nodes.append(start(f"--address=127.0.0.1:{gcs}"))
+        _wait_for(lambda: count() >= 2, 120, "worker node did not join")
+        yield {"gcs": f"127.0.0.1:{gcs}", "env": env, "head": nodes[0], "worker": nodes[1]}
+    finally:
+        for p in reversed(nodes):
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for p in nodes:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_worker_node_stopped_during_scoring_the_job_finishes_on_the_head(
+        cluster_of_two, trained_run, reference, tmp_path):
+    import subprocess
+    import sys
+    from conftest import small_overrides
+    c = cluster_of_two
+    models = str(tmp_path / "models")
+    shutil.copytree(trained_run["cfg"].output.models_uri, models, ignore=shutil.ignore_patterns("_ray_train"))
+    for kind, uri in trained_run["result"].model_uris.items():     # the reference's models
+        storage.write_json(f"{models}/{kind}/LATEST.json", {"version": uri.rsplit("/", 1)[1]})
+    out = str(tmp_path / "scores")
+    day = trained_run["day"]
+    sets = small_overrides(trained_run["root"], f"output.uri={out}", f"output.models_uri={models}",
+                           f"ray.address={c['gcs']}", "score.concurrency=2", *FAST, *SLOW_SCORING)
+    job = subprocess.Popen([sys.executable, "-m", "raymedia.cli", "score", "--date", str(day),
+                            *[a for s in sets for a in ("--set", s)]], env=c["env"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           cwd=Path(__file__).resolve().parents[1])
+
+    def scorer_on_worker() -> list[int]:
+        return [p for p in _descendants(c["worker"].pid) if "MapBatches(Scorer)" in _title(p)]
+    victims = wait_until(lambda: scorer_on_worker() or job.poll() is not None,
+                         "no scoring actor started on the worker node", timeout=600, step=0.2)
+    wait_until(lambda: glob.glob(f"{out}/dt={day}/run=*/recommendations/*.parquet") or job.poll() is not None,
+               "no scoring output appeared", timeout=600)
+    assert job.poll() is None and victims, "scoring ended before the node could be stopped"
+    os.killpg(c["worker"].pid, signal.SIGTERM)          # `ray stop` for that node only
+    c["worker"].wait(timeout=120)
+    log, _ = job.communicate(timeout=900)
+    assert job.returncode == 0, log[-4000:]
+    commit = storage.read_commit(out, day)
+    assert commit.generation == 1
+    assert rows_by_user(out, day) == reference
+    assert glob.glob(f"{out}/dt={day}/run=*") == [f"{out}/dt={day}/run={commit.run_id}"]
