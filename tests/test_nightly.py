@@ -155,3 +155,12 @@ def test_warm_start_appends_new_items_and_keeps_the_old_indices(nights):
         assert set(new.item_ids.slice(old.size - 1).to_pylist()) >= _new_items(warm, r1.model_uris[kind], d3)
     models = r.metrics["models"]
     assert models["sequence"]["ndcg@10"] > 1.5 * models["popularity"]["ndcg@10"], models
+
+
+def test_auto_schedule_warm_starts_until_the_last_full_retrain_is_too_old(nights):
+    (d1, _, d3) = nights["days"]
+    auto = _cfg(nights["root"], "train.schedule=auto", "train.full_every_days=3")
+    plan = pipeline.training_plan(auto, d3)                      # day 1's full retrain is 2 days old
+    assert plan.start == "warm" and plan.parent == checkpoint.latest(auto.output.models_uri, "sequence")
+    assert pipeline.training_plan(auto, d1 + dt.timedelta(days=3)).start == "full"
+    assert pipeline.training_plan(_cfg(nights["root"]), d3).start == "full"   # schedule=full
