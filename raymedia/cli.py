@@ -83,6 +83,19 @@ def parser(prog: str = "raymedia") -> argparse.ArgumentParser:
     b.add_argument("--train", action="store_true", help="retrain for every day instead")
     _config_args(b)
 
+    e = sub.add_parser("evaluate", help="train (or load) the models on a data set, rank held-out "
+                       "items against baselines, write metrics.json + report.html, print the table")
+    e.add_argument("--events", required=True, help="events root with dt=YYYY-MM-DD partitions (any URI)")
+    e.add_argument("--catalog", help="catalog URI (default: catalog/ next to the events root)")
+    e.add_argument("--protocol", default="leave-last-out", choices=["leave-last-out", "temporal"],
+                   help="leave-last-out, or temporal: train before the last day, test on it")
+    e.add_argument("--model", default="all", choices=["sequence", "two-tower", "all"])
+    e.add_argument("--exclude-seen", action=argparse.BooleanOptionalAction, default=True,
+                   help="mask items the user already had (--no-exclude-seen: repeats allowed)")
+    e.add_argument("--checkpoint", help="models root or one published model version: skip training")
+    e.add_argument("--out", required=True, help="where metrics.json, report.html (and models/) go")
+    _config_args(e)
+
     c = sub.add_parser("config", help="print the resolved config")
     c.add_argument("action", choices=["show"])
     _config_args(c)
@@ -168,6 +181,16 @@ def import_cmd(args) -> int:
     return 0
 
 
+def evaluate_cmd(args) -> int:
+    from raymedia import quality
+    m = quality.run(args.events, args.out, model=args.model, exclude_seen=args.exclude_seen,
+                    catalog_uri=args.catalog, checkpoint_uri=args.checkpoint, protocol=args.protocol,
+                    config=args.config, overrides=args.overrides)
+    print(quality.table(m))
+    print(f"wrote {storage.join(args.out, 'metrics.json')} and {storage.join(args.out, 'report.html')}")
+    return 0
+
+
 def show(args) -> int:
     """A committed day: its commit, then the first rows of one table (only committed files)."""
     c = storage.read_commit(args.uri, args.dt)
@@ -201,6 +224,8 @@ def main(argv: list[str] | None = None, prog: str = "raymedia") -> int:
             return import_cmd(args)
         if args.command == "show":
             return show(args)
+        if args.command == "evaluate":
+            return evaluate_cmd(args)
         cfg = config_mod.load(args.config, args.overrides)
         if args.command == "config":
             print(config_mod.dump(cfg), end="")

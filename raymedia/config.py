@@ -65,6 +65,11 @@ class SequenceConfig:
     dropout: float = _f(0.2, lo=0.0, hi=0.9)
     return_weight: float = _f(0.5, lo=0.0, doc="weight of the return loss")
     category_weight: float = _f(0.2, lo=0.0, doc="weight of the next-category loss")
+    loss: Literal["softmax", "sampled", "gbce"] = _f(
+        "softmax", doc="next-item loss: full softmax (SASRec+); sampled softmax with logQ "
+                       "correction or gBCE (Petrov & Macdonald 2023) for large catalogs")
+    num_negatives: int = _f(256, lo=1, doc="negatives per step of the sampled and gbce losses")
+    gbce_t: float = _f(0.75, lo=0.0, hi=1.0, doc="gBCE calibration t (0: plain BCE, 1: fully calibrated)")
 
 
 @dataclass
@@ -74,7 +79,8 @@ class TrainConfig:
     lr: float = _f(3e-3, gt=0.0)
     weight_decay: float = _f(1e-4, lo=0.0)
     num_workers: int = _f(1, lo=1, doc="Ray Train workers (DDP ranks)")
-    cpus_per_worker: int = _f(1, lo=1)
+    cpus_per_worker: float = _f(1.0, gt=0.0, doc="CPUs per training worker (fractions share a CPU; "
+                                "torch threads: the whole part, at least 1)")
     use_gpu: Literal["auto", "yes", "no"] = _f("auto", doc="auto: use GPUs when the cluster has them")
     seed: int = _f(0)
     models: str = _f("two_tower,sequence", doc="comma-separated models to train")
@@ -83,6 +89,11 @@ class TrainConfig:
                     "auto: warm, but full once the last full retrain is full_every_days old")
     full_every_days: int = _f(7, lo=1, doc="auto schedule: days between full retrains")
     warm_epochs: int = _f(2, lo=1, doc="epochs of a warm start")
+    patience: int = _f(3, lo=0, doc="early stopping: stop after this many epochs without a better "
+                                     "validation NDCG@10 and keep the best epoch's weights (0: off)")
+    lr_schedule: Literal["cosine", "constant"] = _f(
+        "cosine", doc="cosine: linear warm-up, then cosine decay to 0.1 x lr over the epochs")
+    warmup_steps: int = _f(50, lo=0, doc="optimizer steps of linear learning-rate warm-up")
 
 
 @dataclass

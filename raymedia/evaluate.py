@@ -12,6 +12,10 @@ in the same pass over the same users:
 - ``own_history`` (the repeat baseline): how often the item occurs in the
   user's history, ties to the most recent, then popular items fill the rest.
   With seen items masked it reduces to popularity.
+- ``item_knn``: item-based collaborative filtering, cosine similarity of item
+  co-occurrence in users' training histories (the test items never counted),
+  100 nearest neighbours per item, a user's score = sum of the similarities to
+  the items in their history (catalogs up to ``KNN_MAX_ITEMS``).
 
 Per ranker: HR@K, NDCG@K, MRR (full ranking), catalog coverage of the top-K
 lists, their popularity bias (mean popularity percentile of recommended items;
@@ -38,7 +42,9 @@ SCHEMA_VERSION = 1
 SAMPLED_NEGATIVES = 100
 CALIBRATION_BINS = 10
 HISTORY_BUCKETS = (1, 2, 4, 8, 16, 32)           # lower edges of history-length buckets
-BASELINES = ("popularity", "own_history")
+BASELINES = ("popularity", "own_history", "item_knn")
+KNN_MAX_ITEMS = 10_000        # the item-item matrix is dense: items^2 floats
+KNN_NEIGHBOURS = 100
 
 
 # ---------------------------------------------------------------------------------------
@@ -223,11 +229,39 @@ def own_history_scorer(items: torch.Tensor, pop_score: torch.Tensor):
     return score
 
 
+def item_knn(batches, history_len: int, vocab_size: int,
+             neighbours: int = KNN_NEIGHBOURS) -> np.ndarray | None:
+    """(V, V) float32 item-item cosine similarity over the evaluation inputs (each history
+    without its test item), ``neighbours`` largest per item kept, self-similarity 0.
+    None when the catalog is larger than ``KNN_MAX_ITEMS``."""
+    from raymedia import features
+    if vocab_size - 1 > KNN_MAX_ITEMS:
+        return None
+    co = torch.zeros(vocab_size, vocab_size, dtype=torch.float32)
+    asof = features.day_start_us("2000-01-01")
+    for batch in batches:                      # history rows (pyarrow tables)
+        _, x = features.batch_inputs(batch, "eval", history_len, asof, 1)
+        items = torch.as_tensor(x["items"])
+        h = torch.zeros(len(items), vocab_size).scatter_(1, items, 1.0)
+        h[:, 0] = 0
+        co += h.T @ h
+    count = torch.diagonal(co).clone()
+    sim = co / torch.sqrt(count.unsqueeze(0) * count.unsqueeze(1)).clamp(min=1e-12)
+    sim.fill_diagonal_(0)
+    if neighbours < vocab_size:
+        kth = torch.topk(sim, neighbours, dim=1).values[:, -1:]
+        sim = torch.where(sim >= kth, sim, torch.zeros_like(sim))
+    return sim.numpy()
+
+
 class Evaluator(_Models):
     """Callable class for ``map_batches``: history rows -> per-user ranks of every ranker."""
 
-    def __init__(self, model_uris: dict[str, str], cfg: Config, asof: str, vocab: Vocab | None = None):
+    def __init__(self, model_uris: dict[str, str], cfg: Config, asof: str, vocab: Vocab | None = None,
+                 knn: np.ndarray | None = None, protocol: str = "leave-last-out"):
         super().__init__(model_uris, cfg, asof, vocab)
+        self.protocol = protocol
+        self.knn = None if knn is None else torch.as_tensor(knn, device=self.device)
         logpop = np.log1p(self.vocab.popularity)
         self.pop = torch.as_tensor(logpop, dtype=torch.float32, device=self.device)
         self.pop_fill = self.pop / max(float(self.pop.max()), 1e-12) * 0.49
@@ -240,10 +274,22 @@ class Evaluator(_Models):
         B = len(x["target"])
         out["popularity"] = lambda a, b: self.pop[a:b].unsqueeze(0).repeat(B, 1)
         out["own_history"] = own_history_scorer(x["items"], self.pop_fill)
+        if self.knn is not None:
+            h = torch.zeros(B, self.knn.shape[0], device=self.device).scatter_(1, x["items"], 1.0)
+            h[:, 0] = 0
+            out["item_knn"] = lambda a, b: h @ self.knn[:, a:b]
         return out
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
-        kept, x = self.inputs(batch, "eval")
+        if self.protocol == "temporal":
+            # the whole history before the test day is the input; the target is the user's
+            # first interaction on the test day (a ``target`` column of vocabulary indices)
+            kept, x = self.inputs(batch, "score")
+            x["target"] = torch.as_tensor(kept["target"].to_numpy(), device=self.device)
+            x["ret_label"] = torch.zeros(len(x["target"]), device=self.device)
+            x["ret_mask"] = torch.ones(len(x["target"]), device=self.device)   # no return label here
+        else:
+            kept, x = self.inputs(batch, "eval")
         seen = x["items"] if self.cfg.score.exclude_seen else None
         chunk, k, n_items = self.cfg.score.item_chunk, self.cfg.eval.k, self.vocab.size
         import pandas as pd
@@ -262,19 +308,20 @@ class Evaluator(_Models):
                 seq = self.models["sequence"].model
                 out["p_return"] = torch.sigmoid(seq.return_logit(seq.user_states(x), x)).cpu().numpy()
         out["ret_label"] = x["ret_label"].cpu().numpy()
-        # ret_mask marks the head's training users; the rest (with a valid state) are its test set
-        out["ret_eval"] = ((x["ret_mask"] == 0) & (x["ret_pos"] >= 0)).cpu().numpy()
+        # in "eval" inputs ret_mask marks the users held out of the return head's training
+        # (features.return_eval_users) that have a state before the cutoff: its test set
+        out["ret_eval"] = (x["ret_mask"] > 0).cpu().numpy()
         return out
 
 
 def summarize(rows: dict[str, np.ndarray], k: int, popularity: np.ndarray | None = None,
-              exclude_seen: bool | None = None) -> dict:
+              exclude_seen: bool | None = None, protocol: str = "leave-last-out") -> dict:
     """metrics.json from the per-user evaluation rows (schema ``SCHEMA_VERSION``).
 
     ``popularity`` (per vocabulary index) gives catalog coverage and popularity bias."""
     ranked = sorted(c[len("rank_"):] for c in rows if c.startswith("rank_"))
     users = int(len(rows["ret_label"]))
-    result = {"schema_version": SCHEMA_VERSION, "protocol": "leave-last-out", "ranking": "full",
+    result = {"schema_version": SCHEMA_VERSION, "protocol": protocol, "ranking": "full",
               "k": k, "users": users, "exclude_seen": exclude_seen,
               "catalog_items": int(len(popularity) - 1) if popularity is not None else None,
               "baselines": [b for b in BASELINES if b in ranked], "models": {},
@@ -304,7 +351,7 @@ def summarize(rows: dict[str, np.ndarray], k: int, popularity: np.ndarray | None
         result["recommended_popularity_percentiles"] = {
             name: _hist(pct[rows[f"top_{name}"][:, :k][rows[f"top_{name}"][:, :k] > 0]])
             for name in ranked if f"top_{name}" in rows}
-    if "p_return" in rows:
+    if "p_return" in rows and protocol == "leave-last-out":
         m = rows["ret_eval"].astype(bool)
         p, y = rows["p_return"][m], rows["ret_label"][m]
         result["return"] = {"auc": auc(p, y), "users": int(m.sum()),
@@ -338,12 +385,18 @@ def collect(histories: ray.data.Dataset, models: dict, cfg: Config) -> dict[str,
 def evaluate(histories: ray.data.Dataset, models: dict, cfg: Config) -> dict:
     """Run the evaluator over all histories and summarise.
 
-    ``models`` are the Evaluator's arguments: ``model_uris``, ``asof`` and the run's ``vocab``.
+    ``models`` are the Evaluator's arguments: ``model_uris``, ``asof``, the run's ``vocab``
+    and optionally ``protocol`` (``temporal``: histories carry a ``target`` column) and
+    ``knn`` (computed here from the histories when not given).
     """
-    rows = collect(histories, models, cfg)
     vocab = models.get("vocab")
+    if vocab is not None and "knn" not in models:
+        batches = histories.iter_batches(batch_format="pyarrow", batch_size=2048)
+        models = {**models, "knn": item_knn(batches, cfg.data.history_len, vocab.size)}
+    rows = collect(histories, models, cfg)
     pop = vocab.popularity if vocab is not None else None
-    return summarize(rows, cfg.eval.k, pop, cfg.score.exclude_seen)
+    return summarize(rows, cfg.eval.k, pop, cfg.score.exclude_seen,
+                     models.get("protocol", "leave-last-out"))
 
 
 def _gpus() -> bool:

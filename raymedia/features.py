@@ -5,9 +5,10 @@ causal attention no real position ever attends to padding, so no padding mask
 is needed and the last event sits at ``length - 1``.
 
 Three modes share one layout:
-- ``train``: inputs are the history without its last two events' targets held
-  out (the last event is the leave-last-out test item); targets are inputs
-  shifted by one.
+- ``train``: inputs are the history without its last two events, targets are
+  inputs shifted by one, so the last event (the leave-last-out test item) is
+  never seen; for 1 in 10 users (``validation_users``) the last target (the
+  second-to-last event) is held out too, as ``val_target``, for early stopping.
 - ``eval``: inputs are the history without its last event; ``target`` is it.
 - ``score``: inputs are the whole history (recommend what comes next).
 
@@ -27,8 +28,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 NUM_TIME_BUCKETS = 16
+NUM_DWELL_BUCKETS = 16
 US_PER_HOUR = 3_600_000_000
 RETURN_EVAL_SHARE = 5   # 1 in 5 users is held out of the return head's training for its AUC
+VALIDATION_SHARE = 10   # 1 in 10 users gives its second-to-last event as validation target
 
 Mode = Literal["train", "eval", "score"]
 MIN_EVENTS = {"train": 3, "eval": 2, "score": 1}   # events a history needs for each mode
@@ -46,10 +49,27 @@ def time_bucket(delta_us: np.ndarray) -> np.ndarray:
     return np.clip(np.floor(np.log2(1.0 + 4.0 * hours)) + 2, 2, NUM_TIME_BUCKETS - 1).astype(np.int64)
 
 
+def _user_hash(user_ids: pa.Array) -> np.ndarray:
+    return pd.util.hash_array(np.asarray(user_ids.to_pandas(), dtype=object), categorize=False)
+
+
+def dwell_bucket(dwell_s: np.ndarray) -> np.ndarray:
+    """Log-scale bucket (2..15) of a dwell time in seconds; 1 for none (0, null, impression-like
+    events), 0 is padding."""
+    d = np.nan_to_num(np.asarray(dwell_s, dtype=np.float64), nan=0.0)
+    b = np.clip(np.floor(np.log2(1.0 + np.maximum(d, 0))) + 2, 2, NUM_DWELL_BUCKETS - 1)
+    return np.where(d > 0, b, 1).astype(np.int64)
+
+
 def return_eval_users(user_ids: pa.Array) -> np.ndarray:
     """Deterministic user split: True for users whose return label is held out for AUC."""
-    h = pd.util.hash_array(np.asarray(user_ids.to_pandas(), dtype=object), categorize=False)
-    return (h % RETURN_EVAL_SHARE) == 0
+    return (_user_hash(user_ids) % RETURN_EVAL_SHARE) == 0
+
+
+def validation_users(user_ids: pa.Array) -> np.ndarray:
+    """Deterministic user split: True for the validation users of early stopping
+    (disjoint from the return head's evaluation users)."""
+    return (_user_hash(user_ids) % VALIDATION_SHARE) == 1
 
 
 def _window(flat: np.ndarray, starts: np.ndarray, ends: np.ndarray, width: int) -> np.ndarray:
@@ -90,9 +110,23 @@ def model_inputs(batch: pa.Table, mode: Mode, max_len: int, asof_us: int,
     gap[off[:-1]] = 1
     out["gaps"] = _window(gap, starts, ends, max_len)
     out["gaps"][out["items"] == 0] = 0
+    if "dwell_s" in batch.column_names:
+        dw = batch["dwell_s"].combine_chunks()
+        dwell = dwell_bucket(pc.list_flatten(dw).to_numpy(zero_copy_only=False))
+    else:
+        dwell = np.ones(len(items), dtype=np.int64)
+    out["dwell"] = _window(dwell, starts, ends, max_len)
+    out["dwell"][out["items"] == 0] = 0
     if mode == "train":
         out["targets"] = _window(items, starts + 1, ends + 1, max_len)
         out["targets"][out["items"] == 0] = 0
+        # Validation users keep their last training target (the second-to-last event)
+        # out of training: it is the early-stopping target, ranked from the state before it.
+        val = validation_users(batch["user_id"].combine_chunks()) & (length >= 2)
+        rows = np.flatnonzero(val)
+        out["val_target"] = np.zeros(len(length), dtype=np.int64)
+        out["val_target"][rows] = out["targets"][rows, length[rows] - 1]
+        out["targets"][rows, length[rows] - 1] = 0
     if mode == "eval":
         out["target"] = items[ends]
     if mode == "score":

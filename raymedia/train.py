@@ -5,12 +5,22 @@ shard with ``get_dataset_shard`` and trains a DDP-wrapped model
 (``prepare_model``; CUDA when the cluster has GPUs, gloo on CPU). Rank 0
 reports a checkpoint every epoch, so a restarted run resumes from the latest
 one. The finished checkpoint is published to the model registry.
+
+Early stopping: after each epoch every worker ranks the validation targets of its
+shard (``features.validation_users``: each one's second-to-last event, held out of
+training) over all items; NDCG@10 is summed across ranks, so every rank takes the
+same decision. The checkpoint's weights are the best epoch's (the current ones go
+to ``current.pt`` for resuming); training stops after ``train.patience`` epochs
+without improvement. Learning rate: linear warm-up over ``train.warmup_steps``
+steps (at most a quarter of an epoch), then cosine decay to 0.1 x lr over the epochs (``train.lr_schedule``).
+Seeds are fixed per rank and epoch (``train.seed``), so figures repeat.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import os
 import tempfile
 import time
@@ -26,6 +36,53 @@ from raymedia.data.vocab import Vocab
 
 log = logging.getLogger(__name__)
 OPTIMIZER = "optimizer.pt"
+CURRENT = "current.pt"          # the last epoch's weights (the checkpoint's model.pt holds the best)
+VAL_K = 10
+MIN_LR_RATIO = 0.1
+
+
+def lr_factor(step: int, progress: float, warmup_steps: int, schedule: str) -> float:
+    """Multiplier of the base learning rate at optimizer ``step`` (0-based) and training
+    ``progress`` (0..1 through the epochs): linear warm-up, then cosine to 0.1."""
+    warm = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+    if schedule == "constant":
+        return warm
+    p = min(max(progress, 0.0), 1.0)
+    return warm * (MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def validate(model: torch.nn.Module, shard, batch_size: int, device, exclude_seen: bool,
+             chunk: int = 65536) -> tuple[float, int]:
+    """(sum of NDCG@10, count) of this worker's validation targets, full ranking."""
+    from raymedia.evaluate import rank_all
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        items = model.item_matrix()
+        for batch in shard.iter_torch_batches(batch_size=batch_size, device=device):
+            keep = batch["val_target"] > 0
+            if not bool(keep.any()):
+                continue
+            sub = {k: v[keep] for k, v in batch.items()}
+            users = model.user_vectors(sub)
+            r = rank_all(lambda a, b: users @ items[a:b].T, items.shape[0], sub["val_target"],
+                         torch.empty(len(users), 0, dtype=torch.long, device=users.device),
+                         1, chunk, sub["items"] if exclude_seen else None)["rank"]
+            hit = (r >= 0) & (r < VAL_K)
+            total += float(torch.where(hit, 1.0 / torch.log2(r.clamp(min=0).double() + 2), 0.0).sum())
+            count += int(len(r))
+    model.train(was_training)
+    return total, count
+
+
+def _all_sum(values: list[float], device) -> list[float]:
+    import torch.distributed as tdist
+    if not (tdist.is_available() and tdist.is_initialized()):
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    tdist.all_reduce(t)
+    return t.tolist()
 
 
 def use_gpu(cfg: Config) -> bool:
@@ -37,9 +94,22 @@ def use_gpu(cfg: Config) -> bool:
 def training_rows(histories: ray.data.Dataset, cfg: Config, asof_us: int) -> ray.data.Dataset:
     """History rows -> padded training sequences (last event held out for evaluation)."""
     def rows(batch: pa.Table) -> dict[str, np.ndarray]:
-        return features.batch_inputs(batch, "train", cfg.data.history_len, asof_us,
-                                     cfg.data.return_horizon_days * 86_400_000_000)[1]
+        x = features.batch_inputs(batch, "train", cfg.data.history_len, asof_us,
+                                  cfg.data.return_horizon_days * 86_400_000_000)[1]
+        if cfg.score.exclude_seen:
+            x["targets"] = novel_targets(x["items"], x["targets"])
+        return x
     return histories.map_batches(rows, batch_format="pyarrow")
+
+
+def novel_targets(items: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Targets with repeats removed: position t's target is dropped (0) when the item
+    already occurs at positions 0..t. Used when seen items are excluded from the
+    recommendations: the models then learn only what they may recommend."""
+    L = items.shape[1]
+    causal = np.tril(np.ones((L, L), dtype=bool))                    # j <= t
+    seen = ((targets[:, :, None] == items[:, None, :]) & causal[None]).any(-1)
+    return np.where(seen, 0, targets)
 
 
 def _loop(config: dict) -> None:
@@ -62,46 +132,80 @@ def _loop(config: dict) -> None:
         models.grow_items(parent.model, torch.as_tensor(vocab.item_category), torch.as_tensor(vocab.popularity))
         model.load_state_dict(parent.model.state_dict())
     opt = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
-    start, history = 0, []
+    start, history, best_state = 0, [], None
     if resume:
         with resume.as_directory() as d:
-            state = torch.load(os.path.join(d, checkpoint.WEIGHTS), weights_only=True)
+            current = os.path.join(d, CURRENT)
+            best = torch.load(os.path.join(d, checkpoint.WEIGHTS), weights_only=True)
+            state = torch.load(current, weights_only=True) if os.path.exists(current) else best
             model.load_state_dict({k: v for k, v in state.items() if not k.startswith("__")})
+            best_state = {k: v for k, v in best.items() if not k.startswith("__")}
             opt.load_state_dict(torch.load(os.path.join(d, OPTIMIZER), weights_only=True))
             start = int(state["__epoch"]) + 1
             history = storage.read_json(os.path.join(d, checkpoint.META))["history"]
+    inner = model
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
     shard = ray.train.get_dataset_shard("train")
-    for epoch in range(start, config["epochs"]):
+    epochs, patience = config["epochs"], config["patience"]
+    # warm-up never longer than a quarter of an epoch (small data sets have few steps)
+    warmup = min(config["warmup_steps"], max(1, config["steps_per_epoch"] // 4))
+    step = sum(h["batches"] for h in history)
+    scored = [h for h in history if h.get("val_ndcg") is not None]
+    best_epoch = max(scored, key=lambda h: h["val_ndcg"])["epoch"] if scored else None
+    for epoch in range(start, epochs):
         model.train()
         t0, wait, losses = time.perf_counter(), 0.0, []
+        per_epoch = history[-1]["batches"] if history else 0
         t_fetch = time.perf_counter()
-        for batch in shard.iter_torch_batches(batch_size=config["batch_size"], device=device,
-                                              local_shuffle_buffer_size=4 * config["batch_size"],
-                                              local_shuffle_seed=config["seed"] + epoch):
+        for i, batch in enumerate(shard.iter_torch_batches(
+                batch_size=config["batch_size"], device=device,
+                local_shuffle_buffer_size=4 * config["batch_size"],
+                local_shuffle_seed=config["seed"] + epoch)):
             wait += time.perf_counter() - t_fetch
+            progress = (epoch + (min(i / per_epoch, 1.0) if per_epoch else 0.0)) / epochs
+            lr = config["lr"] * lr_factor(step, progress, warmup, config["lr_schedule"])
+            for group in opt.param_groups:
+                group["lr"] = lr
             out = model(batch)
             opt.zero_grad(set_to_none=True)
             out["loss"].backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             opt.step()
+            step += 1
             losses.append(float(out["loss"].detach()))
             t_fetch = time.perf_counter()
         elapsed = time.perf_counter() - t0
+        total, count = _all_sum(list(validate(inner, shard, 8 * config["batch_size"], device,
+                                              config["exclude_seen"])), device)
+        val = total / count if count else None
+        improved = val is not None and (best_epoch is None or val > next(
+            h["val_ndcg"] for h in history if h["epoch"] == best_epoch))
+        if improved or best_state is None:
+            best_state = {k: v.detach().cpu().clone() for k, v in inner.state_dict().items()}
+        if improved:
+            best_epoch = epoch
         metrics = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
                    "first_batch_loss": losses[0] if losses else float("nan"),
-                   "batches": len(losses), "seconds": elapsed, "data_wait_s": wait}
+                   "batches": len(losses), "seconds": elapsed, "data_wait_s": wait,
+                   "lr": opt.param_groups[0]["lr"], "val_ndcg": val, "val_users": int(count),
+                   "best_epoch": best_epoch}
         history.append(metrics)
+        stop = (patience > 0 and best_epoch is not None and epoch - best_epoch >= patience)
         with tempfile.TemporaryDirectory() as d:
             ckpt = None
             if rank == 0:
-                inner = model.module if hasattr(model, "module") else model
-                checkpoint.save_dir(d, inner, {**meta, "history": history}, vocab,
-                                    extra={"epoch": torch.tensor(epoch)})
+                checkpoint.save_dir(d, inner, {**meta, "history": history, "best_epoch": best_epoch,
+                                               "stopped_early": stop and epoch + 1 < epochs},
+                                    vocab, extra={"epoch": torch.tensor(epoch)})
+                os.replace(os.path.join(d, checkpoint.WEIGHTS), os.path.join(d, CURRENT))
+                torch.save({**best_state, "__epoch": torch.tensor(epoch)},
+                           os.path.join(d, checkpoint.WEIGHTS))
                 torch.save(opt.state_dict(), os.path.join(d, OPTIMIZER))
                 ckpt = ray.train.Checkpoint.from_directory(d)
-            ray.train.report(metrics, checkpoint=ckpt)
+            ray.train.report({k: v for k, v in metrics.items() if v is not None}, checkpoint=ckpt)
+        if stop:
+            break
 
 
 def train(kind: str, cfg: Config, histories: ray.data.Dataset, vocab: Vocab, asof: dt.date,
@@ -137,7 +241,10 @@ def train(kind: str, cfg: Config, histories: ray.data.Dataset, vocab: Vocab, aso
             "epochs": cfg.train.warm_epochs if parent else cfg.train.epochs,
             "batch_size": cfg.train.batch_size, "lr": cfg.train.lr,
             "weight_decay": cfg.train.weight_decay, "seed": cfg.train.seed,
-            "threads": cfg.train.cpus_per_worker,
+            "threads": max(1, int(cfg.train.cpus_per_worker)), "patience": cfg.train.patience,
+            "lr_schedule": cfg.train.lr_schedule, "warmup_steps": cfg.train.warmup_steps,
+            "exclude_seen": cfg.score.exclude_seen,
+            "steps_per_epoch": math.ceil(histories.count() / cfg.train.num_workers / cfg.train.batch_size),
         },
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=gpu,
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
@@ -153,8 +260,9 @@ def train(kind: str, cfg: Config, histories: ray.data.Dataset, vocab: Vocab, aso
              cfg.train.epochs)
     result = trainer.fit()
     for h in result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else []:
-        log.info("%s epoch %d: loss %.4f (%.1fs, %.1fs waiting for data)", kind, h["epoch"], h["loss"],
-                 h["seconds"], h["data_wait_s"])
+        log.info("%s epoch %d: loss %.4f, validation NDCG@%d %s (%.1fs, %.1fs waiting for data)", kind,
+                 h["epoch"], h["loss"], VAL_K, f"{h['val_ndcg']:.4f}" if h.get("val_ndcg") == h.get("val_ndcg")
+                 and h.get("val_ndcg") is not None else "-", h["seconds"], h["data_wait_s"])
     if result.checkpoint is None:
         raise RuntimeError(f"training {kind} produced no checkpoint: {result.error}")
     with result.checkpoint.as_directory() as d:

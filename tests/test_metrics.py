@@ -141,3 +141,19 @@ def test_summarize_reports_each_ranker_sampled_and_return_calibration():
     ret = s["return"]
     assert ret["auc"] == 1.0 and ret["users"] == 2 and ret["base_rate"] == 0.5
     assert ret["brier"] == pytest.approx((0.01 + 0.04) / 2) and ret["ece"] == pytest.approx(0.15)
+
+
+def test_item_knn_by_hand():
+    from raymedia.evaluate import item_knn
+    # users' training histories (the last item of each row is its test item, not counted)
+    batch = pa.table({"user_id": [1, 2, 3], "items": [[1, 2, 9], [1, 2, 9], [1, 3, 9]],
+                      "events": [[3] * 3] * 3, "ts": [[1, 2, 3]] * 3,
+                      "dwell_s": [[1.0] * 3] * 3, "n_events": [3] * 3})
+    sim = item_knn([batch], 4, 10)
+    # item 1 in 3 histories, item 2 in 2 (both with 1), item 3 in 1 (with 1); 9 never counted
+    assert sim[1, 2] == pytest.approx(2 / math.sqrt(3 * 2))
+    assert sim[1, 3] == pytest.approx(1 / math.sqrt(3 * 1)) and sim[2, 3] == 0
+    assert np.allclose(sim, sim.T) and (np.diag(sim) == 0).all() and not sim[9].any()
+    # one neighbour kept per item: item 1 keeps its closest (2)
+    assert np.count_nonzero(item_knn([batch], 4, 10, neighbours=1)[1]) == 1
+    assert item_knn([batch], 4, 10**6) is None               # too large a catalog: skipped

