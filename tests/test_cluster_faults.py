@@ -124,8 +124,10 @@ def test_a_killed_scoring_actor_is_restarted_and_its_batches_retried(trained_run
                          "the scoring actor did not start")
     wait_until(lambda: glob.glob(f"{out}/dt={day}/run=*/recommendations/*.parquet") or not job.running,
                "no scoring output appeared")
-    assert job.running and victims == ray_processes("MapBatches(Scorer)"), "scoring ended too soon"
-    for pid in victims:
+    # (an actor's process title changes while it runs a task, so check the pids themselves)
+    alive = [pid for pid in victims if Path(f"/proc/{pid}").exists()]
+    assert job.running and alive, "scoring ended too soon"
+    for pid in alive:
         os.kill(pid, signal.SIGKILL)
     job.result()
     assert not set(victims) & set(ray_processes("Scorer"))     # the actor that ran is gone
