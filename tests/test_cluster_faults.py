@@ -27,7 +27,7 @@ FAST = ("eval.enabled=false",)
 # Small batches and item chunks: many batches, so a fault lands in the middle of scoring.
 # Every run here (the reference included) scores with the same settings: the same
 # float arithmetic, so "identical" means bit for bit.
-SLOW_SCORING = ("score.batch_size=16", "score.rows_per_file=16", "score.item_chunk=16")
+SLOW_SCORING = ("score.batch_size=4", "score.rows_per_file=4", "score.item_chunk=16")
 
 
 def _raylet_pid() -> int:
@@ -122,8 +122,9 @@ def test_a_killed_scoring_actor_is_restarted_and_its_batches_retried(trained_run
     # kill the actor once it has produced output, i.e. in the middle of the day's batches
     victims = wait_until(lambda: ray_processes("MapBatches(Scorer)") or not job.running,
                          "the scoring actor did not start")
-    wait_until(lambda: glob.glob(f"{out}/dt={day}/run=*/recommendations/*.parquet") or not job.running,
-               "no scoring output appeared")
+    wait_until(lambda: glob.glob(f"{out}/dt={day}/run=*/recommendations/*.parquet") or not job.running
+               or not all(Path(f"/proc/{pid}").exists() for pid in victims),
+               "no scoring output appeared", step=0.01)
     # (an actor's process title changes while it runs a task, so check the pids themselves)
     alive = [pid for pid in victims if Path(f"/proc/{pid}").exists()]
     assert job.running and alive, "scoring ended too soon"
