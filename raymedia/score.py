@@ -32,12 +32,34 @@ _LOW = 0xFFFFFFFF
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def score_keys(scores: torch.Tensor, first_index: int) -> torch.Tensor:
-    """Unique, order-preserving int64 keys for float scores of items first_index.. ."""
+def score_keys(scores: torch.Tensor, first_index: int | torch.Tensor) -> torch.Tensor:
+    """Unique, order-preserving int64 keys for float scores of items first_index.. (or of
+    the item indices given as a tensor shaped like ``scores``)."""
     bits = scores.float().contiguous().view(torch.int32).long()
     ordered = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
-    idx = torch.arange(first_index, first_index + scores.shape[1], device=scores.device)
+    idx = first_index if isinstance(first_index, torch.Tensor) else torch.arange(
+        first_index, first_index + scores.shape[1], device=scores.device)
     return (ordered << 32) | (_LOW - idx)
+
+
+def chunk_top_keys(s: torch.Tensor, start: int, k: int) -> torch.Tensor:
+    """Keys of the k best items of one chunk of scores, (B, k) unsorted; exact.
+
+    A float ``topk`` of k + 1 picks the set, and keys are built for those k only: about
+    5x cheaper than keying the whole chunk. Where the k-th score equals the (k+1)-th
+    (a tie at the cut, or fewer than k unmasked items) the float set is ambiguous, and
+    those rows alone are keyed in full, so ties still go to the lower index whatever the
+    kernel.
+    """
+    if k >= s.shape[1]:
+        return score_keys(s, start)
+    vals, idx = torch.topk(s, k + 1, dim=1, sorted=True)     # one more: is the k-th tied?
+    keys = score_keys(vals[:, :k], idx[:, :k] + start)
+    ambiguous = vals[:, k - 1] == vals[:, k]
+    if bool(ambiguous.any()):
+        rows = torch.nonzero(ambiguous)[:, 0]
+        keys[rows] = torch.topk(score_keys(s[rows], start), k, dim=1, sorted=False).values
+    return keys
 
 
 def decode_keys(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -79,11 +101,10 @@ def topk(users: torch.Tensor, items: torch.Tensor, k: int, chunk: int,
     """Exact running top-K over item chunks: (scores (B, k'), indices (B, k'))."""
     best = None
     for start, s in chunked_scores(users, items, chunk, seen, blocked):
-        keys = score_keys(s, start)
-        if best is not None:
-            keys = torch.cat([best, keys], 1)
-        best = torch.topk(keys, min(k, keys.shape[1]), dim=1, sorted=True).values
-    return decode_keys(best)
+        keys = chunk_top_keys(s, start, k)
+        best = keys if best is None else torch.topk(torch.cat([best, keys], 1), min(k, best.shape[1] + keys.shape[1]),
+                                                     dim=1, sorted=False).values
+    return decode_keys(torch.sort(best, dim=1, descending=True).values)
 
 
 def target_ranks(users: torch.Tensor, items: torch.Tensor, target: torch.Tensor, chunk: int,

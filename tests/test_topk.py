@@ -46,3 +46,21 @@ def test_chunking_does_not_change_results_and_ranks_agree_with_topk():
     masked[masked == 0] = 1
     r = target_ranks(users, items, masked, 13, torch.cat([seen, masked[:, None]], 1))
     assert (r == -1).all()
+
+
+def test_many_ties_at_the_cut_match_a_full_sort_of_the_keys():
+    """The fast path selects by float top-K; rows whose K-th score is tied are re-keyed,
+    so the result is exactly the full (score desc, index asc) order."""
+    g = torch.Generator().manual_seed(1)
+    users = torch.randint(-2, 3, (64, 4), generator=g).float()
+    items = torch.randint(-2, 3, (300, 4), generator=g).float()      # few distinct scores
+    seen = torch.randint(0, 300, (64, 30), generator=g)
+    for k, chunk in ((10, 300), (10, 37), (299, 64), (500, 128)):
+        scores, idx = topk(users, items, k, chunk, seen)
+        s = (users @ items.T).float()
+        s[:, 0] = float("-inf")
+        s.scatter_(1, seen, float("-inf"))
+        s[:, 0] = float("-inf")
+        want = torch.sort(score_keys(s, 0), dim=1, descending=True).values[:, :min(k, 300)]
+        want_scores, want_idx = decode_keys(want)
+        assert torch.equal(idx, want_idx) and torch.equal(scores, want_scores), (k, chunk)
