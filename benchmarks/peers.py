@@ -72,7 +72,8 @@ class FactorScorer:
         self.k = k
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        U = torch.from_numpy(np.stack(batch["factors"].to_numpy(zero_copy_only=False)))
+        f = batch["factors"].combine_chunks()
+        U = torch.from_numpy(f.values.to_numpy().reshape(len(f), -1))
         seen = batch["seen"].combine_chunks()
         lengths = np.diff(seen.offsets.to_numpy())
         pad = np.zeros((len(lengths), max(int(lengths.max(initial=0)), 1)), np.int64)
@@ -87,7 +88,8 @@ def ray_data_topk(U: np.ndarray, V: np.ndarray, seen: sp.csr_matrix, k: int, bat
                   cores: int) -> float:
     import ray
     lists = pa.ListArray.from_arrays(pa.array(seen.indptr.astype(np.int32)), pa.array(seen.indices))
-    table = pa.table({"user": np.arange(len(U)), "factors": pa.array(list(U)), "seen": lists})
+    factors = pa.FixedSizeListArray.from_arrays(pa.array(U.ravel()), U.shape[1])
+    table = pa.table({"user": np.arange(len(U)), "factors": factors, "seen": lists})
     ds = ray.data.from_arrow(table).materialize()
     t0 = time.perf_counter()
     n = ds.map_batches(FactorScorer, fn_constructor_kwargs={"V": V, "k": k, "threads": cores},

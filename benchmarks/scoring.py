@@ -24,29 +24,13 @@ import time
 
 import pyarrow as pa
 import ray
-import torch
 
-from common import record  # noqa: E402  (puts the repo on sys.path)
-from raymedia import checkpoint, config, features, models, pipeline, storage  # noqa: E402
+from common import publish_random_models, record  # noqa: E402  (puts the repo on sys.path)
+from raymedia import config, features, pipeline, storage  # noqa: E402
 from raymedia.data import read  # noqa: E402
 from raymedia.data.generate import GeneratorConfig, generate  # noqa: E402
 from raymedia.data.vocab import Vocab  # noqa: E402
 from raymedia.score import Scorer  # noqa: E402
-
-
-def publish_random_models(cfg: config.Config, vocab: Vocab, version: str) -> dict[str, str]:
-    uris = {}
-    for kind in pipeline.MODEL_KINDS:
-        torch.manual_seed(0)
-        model = models.build(kind, models.model_kwargs(kind, cfg), vocab.size, vocab.num_categories,
-                             cfg.data.history_len, torch.as_tensor(vocab.item_category),
-                             torch.as_tensor(vocab.popularity))
-        meta = {"kind": kind, "version": version, "kwargs": models.model_kwargs(kind, cfg),
-                "max_len": cfg.data.history_len, "vocab_digest": vocab.digest(), "history": []}
-        with tempfile.TemporaryDirectory() as d:
-            checkpoint.save_dir(d, model, meta, vocab)
-            uris[kind] = checkpoint.publish(d, cfg.output.models_uri, kind, version)
-    return uris
 
 
 def main() -> None:

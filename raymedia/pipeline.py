@@ -263,20 +263,10 @@ def run_day(cfg: Config, day: dt.date, train_models: bool = True, run_id: str | 
     generated_at = dt.datetime.now(dt.timezone.utc).isoformat()
     verified = {k: checkpoint.verify(u) for k, u in model_uris.items()}   # TamperedCheckpoint
     versions = {k: v["version"] for k, v in verified.items()}
-    gpu = ray.cluster_resources().get("GPU", 0) > 0
     models_kwargs = {"model_uris": model_uris, "cfg": cfg, "asof": day.isoformat(), "vocab": inputs.vocab}
     with _timed(secs, "score"):
-        recommendable = inputs.vocab.recommendable(read.read_catalog(cfg.data.catalog_uri),
-                                                   features.day_start_us(day))
-        scored = inputs.histories.map_batches(
-            Scorer, fn_constructor_kwargs={**models_kwargs, "recommendable": recommendable},
-            batch_size=cfg.score.batch_size, batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=cfg.score.concurrency),
-            num_cpus=cfg.score.num_cpus, num_gpus=1 if gpu else 0)
-        written = scored.map_batches(
-            write_batch, batch_size=cfg.score.rows_per_file, batch_format="pyarrow",
-            fn_kwargs={"run_uri": inputs.run_uri, "model_version": versions[cfg.score.recommender],
-                       "generated_at": generated_at}).take_all()
+        written = score_histories(cfg, inputs.histories, models_kwargs, inputs.run_uri,
+                                  versions[cfg.score.recommender], generated_at)
     files: dict[str, list[str]] = {"user_state": [f"run={run_id}/{f}" for f in inputs.state_files]}
     rows: dict[str, int] = {"user_state": inputs.state_info["users"]}
     cold = 0
@@ -317,6 +307,25 @@ def run_day(cfg: Config, day: dt.date, train_models: bool = True, run_id: str | 
             raise
     log.info("dt=%s committed: %s", day, ", ".join(f"{k} {v}" for k, v in counts.items()))
     return result
+
+
+def score_histories(cfg: Config, histories: ray.data.Dataset, models_kwargs: dict, run_uri: str,
+                    model_version: str, generated_at: str) -> list[dict]:
+    """The scoring stage, streaming: histories -> ``Scorer`` actor pool (top-K and
+    predictions; one GPU per actor on a GPU cluster) -> Parquet files under ``run_uri``.
+    Returns one row per file written (table, file, rows, cold_start)."""
+    asof_us = features.day_start_us(models_kwargs["asof"])
+    recommendable = models_kwargs["vocab"].recommendable(read.read_catalog(cfg.data.catalog_uri), asof_us)
+    gpu = ray.cluster_resources().get("GPU", 0) > 0
+    scored = histories.map_batches(
+        Scorer, fn_constructor_kwargs={**models_kwargs, "recommendable": recommendable},
+        batch_size=cfg.score.batch_size, batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=cfg.score.concurrency),
+        num_cpus=cfg.score.num_cpus, num_gpus=1 if gpu else 0)
+    return scored.map_batches(
+        write_batch, batch_size=cfg.score.rows_per_file, batch_format="pyarrow",
+        fn_kwargs={"run_uri": run_uri, "model_version": model_version,
+                   "generated_at": generated_at}).take_all()
 
 
 def _remove_unlisted(run_uri: str, day_uri: str, files: dict[str, list[str]]) -> None:
