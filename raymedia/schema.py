@@ -7,6 +7,10 @@ a model.
 
 from __future__ import annotations
 
+import datetime as dt
+
+import numpy as np
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -208,8 +212,7 @@ def validate_events(raw: pa.Table, source: str) -> tuple[pa.Table, pa.Table]:
         pc.fill_null(pc.less(dwell, 0), False),
     ]
     if "dt" in raw.column_names:
-        day = pc.strftime(ts, format="%Y-%m-%d")
-        rules.append(pc.fill_null(pc.not_equal(day, pc.cast(raw["dt"], pa.string())), False))
+        rules.append(_outside_partition(ts, raw["dt"]))
     else:
         rules.append(pa.array([False] * raw.num_rows))
     rules.append(_duplicates(events))
@@ -219,6 +222,30 @@ def validate_events(raw: pa.Table, source: str) -> tuple[pa.Table, pa.Table]:
     is_bad = pc.is_valid(reason)
     rejected = _as_strings(raw.filter(is_bad)).append_column("reason", reason.filter(is_bad))
     return events.filter(pc.invert(is_bad)), rejected
+
+
+def _epoch_day(text: str | None) -> int | None:
+    """Days since 1970-01-01 of a ``YYYY-MM-DD`` partition value; one no row can have if
+    the value is not a date, None if it is null."""
+    if text is None:
+        return None
+    try:
+        return (dt.date.fromisoformat(text) - dt.date(1970, 1, 1)).days
+    except ValueError:
+        return -(2 ** 40)
+
+
+def _outside_partition(ts: pa.Array, partition: pa.Array) -> pa.Array:
+    """True where a row's UTC day differs from its ``dt`` partition value. Whole days from
+    the integer timestamps (a per-row strftime was 2/3 of validation), each distinct
+    partition value parsed once."""
+    values = pc.cast(partition, pa.string())
+    distinct = pc.unique(values)
+    part_day = pa.array([_epoch_day(v) for v in distinct.to_pylist()], pa.int64()).take(
+        pc.index_in(values, value_set=distinct))
+    row_day = np.floor_divide(pc.fill_null(pc.cast(ts, pa.int64()), 0).to_numpy(), 86_400_000_000)
+    mismatch = pc.not_equal(pa.array(row_day), part_day)
+    return pc.fill_null(pc.and_(mismatch, pc.is_valid(ts)), False)
 
 
 def _duplicates(events: pa.Table) -> pa.Array:

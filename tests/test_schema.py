@@ -64,3 +64,16 @@ def test_each_bad_row_gets_its_reason_and_valid_rows_are_untouched():
 def test_valid_input_has_no_rejects():
     valid, rejected = schema.validate_events(_events(), "x")
     assert valid.num_rows == 3 and rejected.num_rows == 0
+
+
+def test_partition_day_is_the_utc_day_at_the_edges_and_a_non_date_partition_rejects():
+    ts = [dt.datetime(2026, 1, 1, 0, 0, 0), dt.datetime(2026, 1, 1, 23, 59, 59, 999999),
+          dt.datetime(2026, 1, 2, 0, 0, 0), dt.datetime(1969, 12, 31, 23, 0, 0),
+          dt.datetime(2026, 1, 1, 12, 0, 0)]
+    raw = pa.table({"user_id": [1, 2, 3, 4, 5], "item_id": ["a", "b", "c", "d", "e"],
+                    "event": ["play"] * 5, "ts": pa.array(ts, pa.timestamp("us", "UTC")),
+                    "dt": ["2026-01-01", "2026-01-01", "2026-01-01", "1969-12-31", "2026-01-01/.."]})
+    valid, rejected = schema.validate_events(raw, "events")
+    assert valid["user_id"].to_pylist() == [1, 2, 4]
+    assert rejected["user_id"].to_pylist() == ["3", "5"]
+    assert set(rejected["reason"].to_pylist()) == {"ts_outside_partition"}
