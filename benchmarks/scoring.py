@@ -10,7 +10,7 @@ Same users (those of day D+1), items, models, dimension and K in one run:
             shuffle on user_id) -> score -> write -> commit
 - rebuild:  ``run_day(D)`` end to end from every day of the window (the first night)
 
-All three use ``score.num_cpus`` torch threads (1 by default: one actor per core, the other
+All use ``score.num_cpus`` torch threads (1 by default: one actor per core, the other
 core left to reading and writing).
 
 Models are randomly initialised (throughput does not depend on training). Appends a table to
