@@ -5,8 +5,9 @@ depend on training) and one user-item matrix of seen items; every contender
 returns each user's K best unseen items by U @ V.T, using all cores:
 
 - raymedia ``score.topk``: item-chunked matmul, seen items masked, exact
-  deterministic top-K (int64 keys), torch threads = cores, batches of users;
-- raymedia on Ray Data: the same in a ``map_batches`` actor (what the nightly job runs);
+  deterministic top-K, batches of users on one thread per core;
+- raymedia on Ray Data: the same in ``map_batches`` actors, one per core (what the nightly
+  job runs);
 - implicit ``AlternatingLeastSquares.recommend(users, user_items, N=K,
   filter_already_liked_items=True)`` with the same factors;
 - Spark MLlib ``ALSModel.recommendForAllUsers(K)`` with the same factors, local[cores]
@@ -27,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 import torch
+from threadpoolctl import threadpool_limits
 
 from common import record  # noqa: E402  (puts the repo on sys.path)
 from raymedia.score import topk  # noqa: E402
@@ -54,20 +56,26 @@ def padded_seen(m: sp.csr_matrix, lo: int, hi: int) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def raymedia_topk(U: np.ndarray, V: torch.Tensor, seen: sp.csr_matrix, k: int, batch: int) -> np.ndarray:
-    out = []
-    for lo in range(0, len(U), batch):
+def raymedia_topk(U: np.ndarray, V: torch.Tensor, seen: sp.csr_matrix, k: int, batch: int,
+                  cores: int) -> np.ndarray:
+    """Batches of users on ``cores`` threads, one BLAS / torch thread each (like implicit)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(lo: int) -> np.ndarray:
         hi = min(lo + batch, len(U))
         _, idx = topk(torch.from_numpy(U[lo:hi]), V, k, 65536, padded_seen(seen, lo, hi))
-        out.append(idx.numpy() - 1)
-    return np.concatenate(out)
+        return idx.numpy() - 1
+    torch.set_num_threads(1)
+    with threadpool_limits(1, "blas"), ThreadPoolExecutor(cores) as pool:
+        return np.concatenate(list(pool.map(one, range(0, len(U), batch))))
 
 
 class FactorScorer:
     """The Ray Data actor: holds the item factors, scores a batch of users' rows."""
 
-    def __init__(self, V: np.ndarray, k: int, threads: int):
-        torch.set_num_threads(threads)
+    def __init__(self, V: np.ndarray, k: int):
+        torch.set_num_threads(1)
+        threadpool_limits(1, "blas")
         self.V = torch.from_numpy(np.vstack([np.zeros((1, V.shape[1]), np.float32), V]))
         self.k = k
 
@@ -92,9 +100,9 @@ def ray_data_topk(U: np.ndarray, V: np.ndarray, seen: sp.csr_matrix, k: int, bat
     table = pa.table({"user": np.arange(len(U)), "factors": factors, "seen": lists})
     ds = ray.data.from_arrow(table).materialize()
     t0 = time.perf_counter()
-    n = ds.map_batches(FactorScorer, fn_constructor_kwargs={"V": V, "k": k, "threads": cores},
-                       batch_size=batch, batch_format="pyarrow", num_cpus=cores,
-                       compute=ray.data.ActorPoolStrategy(size=1)).count()
+    n = ds.map_batches(FactorScorer, fn_constructor_kwargs={"V": V, "k": k},
+                       batch_size=batch, batch_format="pyarrow", num_cpus=1,
+                       compute=ray.data.ActorPoolStrategy(size=cores)).count()
     assert n == len(U)
     return time.perf_counter() - t0
 
@@ -134,7 +142,6 @@ def main() -> None:
     p.add_argument("--no-record", action="store_true")
     args = p.parse_args()
     cores = os.cpu_count() or 1
-    torch.set_num_threads(cores)
     rng = np.random.default_rng(0)
     U = rng.standard_normal((args.users, args.dim), dtype=np.float32)
     V = rng.standard_normal((args.items, args.dim), dtype=np.float32)
@@ -143,15 +150,16 @@ def main() -> None:
     rows = []
     Vt = torch.from_numpy(np.vstack([np.zeros((1, args.dim), np.float32), V]))
     t0 = time.perf_counter()
-    ours = raymedia_topk(U, Vt, seen, args.k, args.batch)
+    ours = raymedia_topk(U, Vt, seen, args.k, args.batch, cores)
     rows.append(("raymedia score.topk (in process)", time.perf_counter() - t0))
 
     from implicit.cpu.als import AlternatingLeastSquares
     als = AlternatingLeastSquares(factors=args.dim, dtype=np.float32, num_threads=cores)
     als.user_factors, als.item_factors = U, V
-    t0 = time.perf_counter()
-    ids, _ = als.recommend(np.arange(args.users), seen, N=args.k, filter_already_liked_items=True)
-    rows.append(("implicit ALS.recommend (filter seen)", time.perf_counter() - t0))
+    with threadpool_limits(1, "blas"):          # implicit's own advice: it threads itself
+        t0 = time.perf_counter()
+        ids, _ = als.recommend(np.arange(args.users), seen, N=args.k, filter_already_liked_items=True)
+        rows.append(("implicit ALS.recommend (filter seen)", time.perf_counter() - t0))
     # same answer: the top-K sets agree (order may differ only on exact ties)
     agree = np.mean([len(set(a) & set(b)) / args.k for a, b in zip(ours[:2000], ids[:2000])])
 

@@ -149,12 +149,22 @@ def s3_world(trained_run, s3):
     return base
 
 
-def _first_s3_output(s3fs_fs, prefix: str) -> bool:
-    """True once the run has written anything under its day (state, stats, outputs)."""
-    try:
-        return bool(s3fs_fs.find(prefix))
-    except Exception:            # noqa: BLE001 - the server may be going down
-        return False
+def start_scoring_on_s3(trained_run, s3_world: str, name: str) -> tuple[str, "Background"]:
+    """A score-only run writing to ``s3_world/name`` in the background, returned once it has
+    written its first object under the day (state, stats or outputs)."""
+    import s3fs
+    out = f"{s3_world}/{name}"
+    _, run = score(trained_run, out, *SLOW_SCORING, root=s3_world)
+    job = Background(run)
+    fs = s3fs.S3FileSystem(skip_instance_cache=True)
+
+    def written() -> bool:
+        try:
+            return bool(fs.find(f"{out.removeprefix('s3://')}/dt={trained_run['day']}"))
+        except Exception:            # noqa: BLE001 - the server may be going down
+            return False
+    wait_until(lambda: written() or not job.running, "no scoring output appeared on S3", step=0.2)
+    return out, job
 
 
 def runs_with_objects(day_prefix: str) -> set[str]:
@@ -168,14 +178,8 @@ def runs_with_objects(day_prefix: str) -> set[str]:
 
 def test_s3_stopped_and_restarted_mid_write_the_run_retries_and_commits_exactly_once(
         trained_run, reference, s3, s3_world):
-    import s3fs
-    out = f"{s3_world}/scores-restart"
+    out, job = start_scoring_on_s3(trained_run, s3_world, "scores-restart")
     day = trained_run["day"]
-    _, run = score(trained_run, out, *SLOW_SCORING, root=s3_world)
-    job = Background(run)
-    fs = s3fs.S3FileSystem(skip_instance_cache=True)
-    wait_until(lambda: _first_s3_output(fs, f"raymedia/outage/scores-restart/dt={day}") or not job.running,
-               "no scoring output appeared on S3", step=0.2)
     assert job.running
     s3.stop(timeout=0)                      # a crash: connections refused from now on
     try:
@@ -192,14 +196,8 @@ def test_s3_stopped_and_restarted_mid_write_the_run_retries_and_commits_exactly_
 @pytest.mark.slow
 def test_s3_down_for_good_fails_clearly_commits_nothing_and_a_rerun_commits_once(
         trained_run, reference, s3, s3_world):
-    import s3fs
-    out = f"{s3_world}/scores-down"
+    out, job = start_scoring_on_s3(trained_run, s3_world, "scores-down")
     day = trained_run["day"]
-    _, run = score(trained_run, out, *SLOW_SCORING, root=s3_world)
-    job = Background(run)
-    fs = s3fs.S3FileSystem(skip_instance_cache=True)
-    wait_until(lambda: _first_s3_output(fs, f"raymedia/outage/scores-down/dt={day}") or not job.running,
-               "no scoring output appeared on S3", step=0.2)
     s3.stop(timeout=0)
     try:
         with pytest.raises(Exception) as e:
@@ -332,7 +330,7 @@ def cluster_of_two(tmp_path):
     import subprocess
     import sys
     import tempfile
-    from test_job_submit import BIN, _free_port, _wait_for
+    from test_job_submit import BIN, _free_port, _wait_for, stop_nodes
     temp = tempfile.mkdtemp(prefix="rn", dir="/tmp")
     gcs = _free_port()
     token = Path(temp) / "auth_token"
@@ -362,17 +360,7 @@ def cluster_of_two(tmp_path):
         _wait_for(lambda: count() >= 2, 120, "worker node did not join")
         yield {"gcs": f"127.0.0.1:{gcs}", "env": env, "head": nodes[0], "worker": nodes[1]}
     finally:
-        for p in reversed(nodes):
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        for p in nodes:
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-        shutil.rmtree(temp, ignore_errors=True)
+        stop_nodes(nodes, temp)
 
 
 @pytest.mark.slow

@@ -79,14 +79,23 @@ def two_node_cluster():
                                       start_new_session=True))
         yield {"address": address, "gcs": f"127.0.0.1:{gcs}", "env": env}
     finally:
-        for p in reversed(nodes):
+        stop_nodes(nodes, temp)
+
+
+def stop_nodes(nodes: list[subprocess.Popen], temp: str) -> None:
+    """Stop `ray start --block` nodes (workers first; a node already gone is fine), SIGKILL
+    any that have not exited after a minute, and remove their temp dir."""
+    for p in reversed(nodes):
+        try:
             os.killpg(p.pid, signal.SIGTERM)
-        for p in nodes:
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-        shutil.rmtree(temp, ignore_errors=True)
+        except ProcessLookupError:
+            pass
+    for p in nodes:
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 def test_nightly_job_submitted_to_a_two_node_cluster(two_node_cluster, trained_run, tmp_path):
