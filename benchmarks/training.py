@@ -59,7 +59,9 @@ def plain_loop(kind: str, cfg: config.Config, vocab, rows: dict[str, np.ndarray]
 
 def ray_train(kind: str, inputs, day, workers: int, n: int) -> tuple[float, float]:
     """(samples/s, share of the step loop waiting for data) of ``train.train``."""
-    cfg = config.load(None, [*OVERRIDES, f"train.num_workers={workers}"])
+    # fractional CPUs: the workers leave a CPU to the Ray Data tasks that feed them (each
+    # still runs one torch thread)
+    cfg = config.load(None, [*OVERRIDES, f"train.num_workers={workers}", "train.cpus_per_worker=0.5"])
     uri = train.train(kind, cfg, inputs.histories, inputs.vocab, day, f"bench-{kind}-{workers}")
     hist = storage.read_json(storage.join(uri, "model.json"))["history"][1:]
     seconds = sum(h["seconds"] for h in hist)
