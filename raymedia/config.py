@@ -55,6 +55,8 @@ class TwoTowerConfig:
     temperature: float = _f(0.07, gt=0.0)
     num_negatives: int = _f(512, lo=1, doc="popularity-sampled negatives per batch (plus in-batch)")
     positions_per_batch: int = _f(2048, lo=1, doc="training positions sampled per batch")
+    last_items: int = _f(1, lo=0, doc="most recent history items whose embeddings join the history "
+                                      "mean as user-tower input (0: the order-free mean alone)")
 
 
 @dataclass
@@ -249,6 +251,9 @@ def _cross_checks(cfg: Config) -> None:
     if cfg.sequence.dim % cfg.sequence.heads:
         raise ConfigError(f"sequence.dim ({cfg.sequence.dim}) must be divisible by "
                           f"sequence.heads ({cfg.sequence.heads})")
+    if cfg.two_tower.last_items > cfg.data.history_len:
+        raise ConfigError(f"two_tower.last_items ({cfg.two_tower.last_items}) must be <= "
+                          f"data.history_len ({cfg.data.history_len})")
     unknown = set(cfg.model_names()) - {"two_tower", "sequence"}
     if unknown:
         raise ConfigError(f"train.models has unknown model(s) {sorted(unknown)}; "

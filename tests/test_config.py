@@ -23,6 +23,9 @@ def test_yaml_then_overrides(tmp_path):
     (["sequence.dropout=1.5"], "sequence.dropout must be <= 0.9"),
     (["train.epoch=3"], "unknown config field(s): train.epoch"),
     (["sequence.dim=30", "sequence.heads=4"], "sequence.dim (30) must be divisible by sequence.heads"),
+    (["two_tower.last_items=-1"], "two_tower.last_items must be >= 0, got -1"),
+    (["two_tower.last_items=8", "data.history_len=4"],
+     "two_tower.last_items (8) must be <= data.history_len (4)"),
     (["train.models=two_tower,knn"], "train.models has unknown model(s) ['knn']"),
     (["nonsense"], "must look like section.field=value"),
 ])

@@ -105,7 +105,47 @@ class ModelContract:
 
 
 class TestTwoTower(ModelContract):
+    kind = "two_tower"          # the config's default: the history mean plus the last item
+
+    def test_knows_the_last_item(self, trained):
+        r = self.ranks(trained[0], exclude_seen=False)
+        assert hit_rate(r["rank"].numpy(), 1) > 0.9
+
+    def test_training_positions_score_like_the_prefix_alone(self, trained):
+        """Training pools every prefix at once (position t: events 0..t); each must be the
+        user vector that scoring computes from those events alone."""
+        model = trained[0]
+        x = tensors(world(1), "eval")
+        with torch.no_grad():
+            every = model._pooled(x["items"], x["events"], cumulative=True)
+            for t in (0, 3, STEPS - 2):
+                prefix = {k: x[k].clone() for k in ("items", "events")}
+                prefix["items"][:, t + 1:] = 0
+                prefix["events"][:, t + 1:] = 0
+                torch.testing.assert_close(every[:, t], model.user_vectors(prefix), rtol=1e-4, atol=1e-5)
+
+
+class TestTwoTowerOrderFree(ModelContract):
     kind = "two_tower"
+    kwargs = {"last_items": 0}      # the history mean alone
+
+    def test_the_order_of_the_history_does_not_count(self, trained):
+        x = tensors(world(1), "eval")
+        n = STEPS - 1                                  # eval inputs: every event but the last
+        flipped = {k: x[k].clone() for k in ("items", "events")}
+        flipped["items"][:, :n] = x["items"][:, :n].flip(1)
+        with torch.no_grad():
+            torch.testing.assert_close(trained[0].user_vectors(flipped), trained[0].user_vectors(x),
+                                       rtol=1e-4, atol=1e-5)
+
+
+def test_checkpoints_without_last_items_build_the_order_free_two_tower():
+    """Models published before ``two_tower.last_items`` existed have no such kwarg."""
+    kwargs = models.model_kwargs("two_tower", Config())
+    assert kwargs.pop("last_items") == 1
+    model = models.build("two_tower", kwargs, VOCAB, CLUSTERS + 1, STEPS,
+                         torch.zeros(VOCAB, dtype=torch.long))
+    assert model.last_items == 0 and model.user_tower[0].in_features == 2 * kwargs["dim"]
 
 
 class TestSequence(ModelContract):

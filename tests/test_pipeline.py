@@ -58,13 +58,14 @@ def test_commit_manifest_lists_exactly_the_files_written(trained_run):
     assert set(commit.model_versions) == {"two_tower", "sequence"}
 
 
-def test_models_beat_popularity_and_sequence_beats_two_tower(trained_run):
+def test_models_beat_popularity_widely(trained_run):
     models = trained_run["result"].metrics["models"]
     pop, tt, seq = (models[m]["ndcg@10"] for m in ("popularity", "two_tower", "sequence"))
-    # an untrained model ranks at chance (~10/400 HR, far below popularity)
-    assert tt > 1.5 * pop, models
+    # an untrained model ranks at chance (~10/400 HR, far below popularity); both models see
+    # the order that the series structure needs (the two-tower through its last item), which
+    # tests/test_model_contract.py checks on a world where only the order tells the answer
+    assert tt > 2.0 * pop, models
     assert seq > 2.0 * pop, models
-    assert seq > tt + 0.02, models     # the series structure needs order
     ret = trained_run["result"].metrics["return"]
     # measured on the fifth of users held out of the return head's training (small world)
     assert ret["users"] > 100 and ret["auc"] > 0.6, ret
