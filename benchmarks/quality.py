@@ -8,8 +8,8 @@
 Imports the file (any importer format, detected from the name or --format), then for
 each repeat policy (repeats allowed; seen items excluded, where repeats are not training
 targets either) trains both models and evaluates leave-last-out with full ranking (plus
-sampled-100, labelled), every model next to the popularity and
-own-history baselines. Prints NDCG@10 / HR@10 per model and baseline for each policy;
+sampled-100, labelled), every model next to the popularity, own-history,
+most-frequent and item-kNN baselines. Prints NDCG@10 / HR@10 per model and baseline for each policy;
 metrics.json and report.html of each policy are under --out. ``--record`` appends the
 tables to BENCHMARKS.md.
 """
@@ -101,9 +101,9 @@ def markdown(m: dict, label: str) -> list[str]:
     for mname, v in sorted(m["models"].items(), key=lambda kv: -(kv[1][f"ndcg@{k}"] or 0)):
         s = m["sampled"]["models"][mname]
         tag = " (baseline)" if mname in m["baselines"] else ""
-        lines.append(f"| {mname}{tag} | {v[f'hr@{k}']:.4f} | {v[f'ndcg@{k}']:.4f} | {v['mrr']:.4f} "
-                     f"| {v['coverage']:.3f} | {v['popularity_bias']:.3f} "
-                     f"| {s[f'hr@{k}']:.4f} | {s[f'ndcg@{k}']:.4f} |")
+        lines.append(f"| {mname}{tag} | {_f(v[f'hr@{k}'])} | {_f(v[f'ndcg@{k}'])} | {_f(v['mrr'])} "
+                     f"| {_f(v['coverage'], 3)} | {_f(v['popularity_bias'], 3)} "
+                     f"| {_f(s[f'hr@{k}'])} | {_f(s[f'ndcg@{k}'])} |")
     ret = m.get("return") or {}
     best = {kind: next((h for h in hist if h["epoch"] == hist[-1].get("best_epoch")), hist[-1] if hist else {})
             for kind, hist in m["training"].items()}
@@ -117,8 +117,9 @@ def markdown(m: dict, label: str) -> list[str]:
     return lines
 
 
-def _f(v) -> str:
-    return "-" if v is None or v != v else f"{v:.4f}"
+def _f(v, digits: int = 4) -> str:
+    """A figure, or "-" where there is none (e.g. the popularity bias of empty lists)."""
+    return "-" if v is None or v != v else f"{v:.{digits}f}"
 
 
 if __name__ == "__main__":

@@ -111,9 +111,9 @@ def _quiet_logs() -> None:
 
 def metrics_table(metrics: dict) -> str:
     k = metrics.get("k", 10)
-    lines = [f"{'model':<12} {'HR@' + str(k):>8} {'NDCG@' + str(k):>9}"]
+    lines = [f"{'model':<13} {'HR@' + str(k):>8} {'NDCG@' + str(k):>9}"]
     for name, m in sorted(metrics.get("models", {}).items(), key=lambda kv: -kv[1][f"ndcg@{k}"]):
-        lines.append(f"{name:<12} {m[f'hr@{k}']:>8.4f} {m[f'ndcg@{k}']:>9.4f}")
+        lines.append(f"{name:<13} {m[f'hr@{k}']:>8.4f} {m[f'ndcg@{k}']:>9.4f}")
     ret = metrics.get("return")
     if ret:
         lines.append(f"return-within-7d AUC {ret['auc']:.4f} on {ret['users']} held-out users "

@@ -12,6 +12,9 @@ in the same pass over the same users:
 - ``own_history`` (the repeat baseline): how often the item occurs in the
   user's history, ties to the most recent, then popular items fill the rest.
   With seen items masked it reduces to popularity.
+- ``most_frequent``: the plain repeat baseline often quoted in the literature: the
+  user's own items by count alone (ties to the lower item index), nothing else; the
+  list holds only items of the history, so with seen items masked it is empty.
 - ``item_knn``: item-based collaborative filtering, cosine similarity of item
   co-occurrence in users' training histories (the test items never counted),
   100 nearest neighbours per item, a user's score = sum of the similarities to
@@ -42,7 +45,7 @@ SCHEMA_VERSION = 1
 SAMPLED_NEGATIVES = 100
 CALIBRATION_BINS = 10
 HISTORY_BUCKETS = (1, 2, 4, 8, 16, 32)           # lower edges of history-length buckets
-BASELINES = ("popularity", "own_history", "item_knn")
+BASELINES = ("popularity", "own_history", "most_frequent", "item_knn")
 KNN_MAX_ITEMS = 10_000        # the item-item matrix is dense: items^2 floats
 KNN_NEIGHBOURS = 100
 
@@ -229,6 +232,24 @@ def own_history_scorer(items: torch.Tensor, pop_score: torch.Tensor):
     return score
 
 
+def most_frequent_scorer(items: torch.Tensor):
+    """The plain repeat baseline as a chunk scorer: how often the item occurs in the
+    history, count only (ties go to the lower item index, as for every ranker); items
+    outside the history score -inf, so they never enter the list (no popular fill)."""
+    B, L = items.shape
+    valid = items > 0
+    rows = torch.arange(B, device=items.device).unsqueeze(1).expand(B, L)[valid]
+    cols = items[valid]
+
+    def score(start: int, stop: int) -> torch.Tensor:
+        inside = (cols >= start) & (cols < stop)
+        flat = rows[inside] * (stop - start) + (cols[inside] - start)
+        count = torch.zeros(B * (stop - start), device=items.device).index_add_(
+            0, flat, torch.ones(len(flat), device=items.device)).view(B, stop - start)
+        return torch.where(count > 0, count, torch.full_like(count, float("-inf")))
+    return score
+
+
 def item_knn(batches, history_len: int, vocab_size: int,
              neighbours: int = KNN_NEIGHBOURS) -> np.ndarray | None:
     """(V, V) float32 item-item cosine similarity over the evaluation inputs (each history
@@ -274,6 +295,7 @@ class Evaluator(_Models):
         B = len(x["target"])
         out["popularity"] = lambda a, b: self.pop[a:b].unsqueeze(0).repeat(B, 1)
         out["own_history"] = own_history_scorer(x["items"], self.pop_fill)
+        out["most_frequent"] = most_frequent_scorer(x["items"])
         if self.knn is not None:
             h = torch.zeros(B, self.knn.shape[0], device=self.device).scatter_(1, x["items"], 1.0)
             h[:, 0] = 0

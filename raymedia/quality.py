@@ -170,13 +170,13 @@ def table(metrics: dict) -> str:
     k = metrics.get("k", 10)
     sampled = metrics.get("sampled", {}).get("models", {})
     base = set(metrics.get("baselines", []))
-    head = (f"{'model':<14} {'HR@' + str(k):>7} {'NDCG@' + str(k):>8} {'MRR':>7} {'cover':>6} "
+    head = (f"{'model':<16} {'HR@' + str(k):>7} {'NDCG@' + str(k):>8} {'MRR':>7} {'cover':>6} "
             f"{'popbias':>7} | {'sampled HR@' + str(k):>14} {'NDCG@' + str(k):>8}")
     lines = [head, "-" * len(head)]
     for name, m in sorted(metrics.get("models", {}).items(), key=lambda kv: -(kv[1][f"ndcg@{k}"] or 0)):
         s = sampled.get(name, {})
         label = name + (" *" if name in base else "")
-        lines.append(f"{label:<14} {_num(m[f'hr@{k}'])} {_num(m[f'ndcg@{k}'], 8)} {_num(m.get('mrr'))} "
+        lines.append(f"{label:<16} {_num(m[f'hr@{k}'])} {_num(m[f'ndcg@{k}'], 8)} {_num(m.get('mrr'))} "
                      f"{_num(m.get('coverage'), 6)} {_num(m.get('popularity_bias'))} | "
                      f"{_num(s.get(f'hr@{k}'), 14)} {_num(s.get(f'ndcg@{k}'), 8)}")
     ret = metrics.get("return")

@@ -9,8 +9,9 @@ import torch
 
 from raymedia import features
 from raymedia.evaluate import (SAMPLED_NEGATIVES, SCHEMA_VERSION, _sampled_negatives, auc,
-                               calibration, coverage, hit_rate, mrr, ndcg, own_history_scorer,
-                               popularity_bias, popularity_percentile, rank_all, summarize)
+                               calibration, coverage, hit_rate, most_frequent_scorer, mrr, ndcg,
+                               own_history_scorer, popularity_bias, popularity_percentile,
+                               rank_all, summarize)
 
 
 def test_hit_rate_ndcg_and_mrr_by_hand():
@@ -70,6 +71,22 @@ def test_own_history_counts_then_recency_then_popularity():
     # the same user with repeats excluded: popularity only
     r = rank_all(fn, 7, torch.tensor([4]), torch.tensor([[1, 6]]), 7, 3, hist)
     assert r["top"].tolist()[0][:3] == [4, 6, 1] and r["rank"].tolist() == [0]
+
+
+def test_most_frequent_counts_only_and_never_fills_the_list():
+    # history (oldest first): 3, 5, 3, 5, 2 -> 3 and 5 twice (tie: the lower index, 3, first;
+    # recency does not count here), then 2; nothing else is ever recommended
+    hist = torch.tensor([[3, 5, 3, 5, 2, 0], [6, 0, 0, 0, 0, 0]])
+    fn = most_frequent_scorer(hist)
+    r = rank_all(fn, 7, torch.tensor([5, 4]), torch.tensor([[1, 2], [1, 6]]), 7, 3, None)
+    assert r["top"].tolist() == [[3, 5, 2, -1, -1, -1, -1], [6, -1, -1, -1, -1, -1, -1]]
+    assert r["rank"].tolist() == [1, -1]              # 4 is not in user 1's history: a miss
+    assert r["sampled_rank"].tolist() == [0, -1]      # negatives 1, 2: only 2 is scored, lower
+    assert hit_rate(r["rank"].numpy(), 2) == pytest.approx(1 / 2)
+    assert ndcg(r["rank"].numpy(), 2) == pytest.approx((1 / math.log2(3)) / 2)
+    # with repeats excluded every candidate is masked: an empty list, every user a miss
+    r = rank_all(fn, 7, torch.tensor([3, 6]), torch.tensor([[1, 2], [1, 2]]), 7, 3, hist)
+    assert r["rank"].tolist() == [-1, -1] and (r["top"] == -1).all()
 
 
 def test_users_with_one_event_are_not_evaluated_and_two_events_use_one():
