@@ -57,20 +57,17 @@ def plain_loop(kind: str, cfg: config.Config, vocab, rows: dict[str, np.ndarray]
     return n * (epochs - 1) / seconds
 
 
-def ray_train(kind: str, inputs, day, workers: int, n: int) -> tuple[float, float]:
+def ray_train(kind: str, overrides: list[str], inputs, day, workers: int, n: int) -> tuple[float, float]:
     """(samples/s, share of the step loop waiting for data) of ``train.train``."""
     # fractional CPUs: the workers leave a CPU to the Ray Data tasks that feed them (each
     # still runs one torch thread)
-    cfg = config.load(None, [*OVERRIDES, f"train.num_workers={workers}", "train.cpus_per_worker=0.5"])
+    cfg = config.load(None, [*overrides, f"train.num_workers={workers}", "train.cpus_per_worker=0.5"])
     uri = train.train(kind, cfg, inputs.histories, inputs.vocab, day, f"bench-{kind}-{workers}")
     hist = storage.read_json(storage.join(uri, "model.json"))["history"][1:]
     seconds = sum(h["seconds"] for h in hist)
     wait = sum(h["data_wait_s"] for h in hist)
     # each worker's epoch covers its shard; epochs run in lockstep (DDP), so n rows per epoch
     return n * len(hist) / seconds, wait / seconds
-
-
-OVERRIDES: list[str] = []         # the run's config, set once by main()
 
 
 def main() -> None:
@@ -85,12 +82,12 @@ def main() -> None:
     args = p.parse_args()
 
     work = tempfile.mkdtemp(prefix="raymedia-train-bench-")
-    OVERRIDES.extend([
+    overrides = [
         f"data.events_uri={work}/events", f"data.catalog_uri={work}/catalog",
         f"output.uri={work}/scores", f"output.models_uri={work}/models",
         f"data.lookback_days={args.days}", f"train.epochs={args.epochs}", "train.patience=0",
-        f"train.batch_size={args.batch_size}", "eval.enabled=false", "ray.progress_bars=false"])
-    cfg = config.load(None, OVERRIDES)
+        f"train.batch_size={args.batch_size}", "eval.enabled=false", "ray.progress_bars=false"]
+    cfg = config.load(None, overrides)
     gen = GeneratorConfig(users=args.users, items=args.items, days=args.days, seed=0)
     generate(gen, work, overwrite=True)
     day = gen.start + dt.timedelta(days=args.days)
@@ -105,8 +102,8 @@ def main() -> None:
     for kind in kinds:
         plain1 = plain_loop(kind, cfg, inputs.vocab, rows, args.epochs, threads=1)
         plain2 = plain_loop(kind, cfg, inputs.vocab, rows, args.epochs, threads=2)
-        r1, w1 = ray_train(kind, inputs, day, 1, n)
-        r2, w2 = ray_train(kind, inputs, day, 2, n)
+        r1, w1 = ray_train(kind, overrides, inputs, day, 1, n)
+        r2, w2 = ray_train(kind, overrides, inputs, day, 2, n)
         table += [(kind, "plain torch loop, 1 process x 1 thread", plain1, None, plain1),
                   (kind, "plain torch loop, 1 process x 2 threads", plain2, None, plain1),
                   (kind, "Ray Train, 1 worker x 1 thread", r1, w1, plain1),
