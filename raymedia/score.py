@@ -14,8 +14,10 @@ the kernel does. A batch Ray re-runs gives the same rows.
 
 from __future__ import annotations
 
+import ctypes
 import datetime as dt
 import logging
+import os
 import threading
 
 import numpy as np
@@ -95,11 +97,13 @@ def chunk_scores(users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         return (users @ items.T).float()
     size = users.shape[0] * items.shape[0]
     buf = getattr(_BUFFER, "scores", None)
-    if buf is None or buf.numel() < size:
-        buf = _BUFFER.scores = torch.empty(size, dtype=torch.float32)
-    out = buf[:size].view(users.shape[0], items.shape[0])
-    np.matmul(users.numpy(), items.numpy().T, out=out.numpy())
-    return out
+    if buf is None or buf.size < size:
+        # numpy, not torch: a torch buffer made under inference_mode could not be written
+        # outside it (an in-process Scorer built after another one had scored)
+        buf = _BUFFER.scores = np.empty(size, dtype=np.float32)
+    out = buf[:size].reshape(users.shape[0], items.shape[0])
+    np.matmul(users.numpy(), items.numpy().T, out=out)
+    return torch.from_numpy(out)
 
 
 def chunked_scores(users: torch.Tensor, items: torch.Tensor, chunk: int, seen: torch.Tensor | None,
@@ -143,6 +147,42 @@ def target_ranks(users: torch.Tensor, items: torch.Tensor, target: torch.Tensor,
         rank += (score_keys(s, start) > tkey.unsqueeze(1)).sum(1)
     masked = decode_keys(tkey)[0] == float("-inf")
     return torch.where(masked, torch.full_like(rank, -1), rank)
+
+
+class HeapTrimmer:
+    """Hands glibc's free heap pages back to the OS once this process's private memory has
+    grown ``slack`` bytes since the last trim.
+
+    The sequence model allocates and frees ~200 MB of 6-20 MB activation buffers per batch
+    of 512 users. glibc serves sizes like these from its heaps, where they fragment, and a
+    scoring actor's resident memory grew with the users it had scored (1.8 GB after 100k
+    users, 5.1 GB after 1M) while its live memory stayed under 300 MB (memray).
+    ``malloc_trim`` after every batch cost 20% (the pages fault in again); trimming only on
+    growth keeps memory flat for a few percent. A no-op where there is no glibc or /proc.
+    """
+
+    def __init__(self, slack: int = 256 << 20):
+        self.slack = slack
+        try:
+            self._trim = ctypes.CDLL(None).malloc_trim
+            self.floor = self.private_bytes()
+        except (AttributeError, OSError):
+            self._trim = None
+
+    @staticmethod
+    def private_bytes() -> int:
+        """Resident memory not shared with other processes (the object store's pages are)."""
+        with open("/proc/self/statm") as f:
+            _, resident, shared = (int(v) for v in f.read().split()[:3])
+        return (resident - shared) * os.sysconf("SC_PAGE_SIZE")
+
+    def __call__(self) -> bool:
+        """Trim if the process grew past the slack; True if it did."""
+        if self._trim is None or self.private_bytes() < self.floor + self.slack:
+            return False
+        self._trim(0)
+        self.floor = self.private_bytes()
+        return True
 
 
 class _Models:
@@ -209,18 +249,21 @@ class Scorer(_Models):
         scores, idx = topk(ones, popularity, cfg.score.top_k, cfg.score.item_chunk, None, self.blocked)
         valid = torch.isfinite(scores[0])
         self.popular = (idx[0][valid].cpu().numpy(), scores[0][valid].cpu().numpy())
+        self.trim_heap = HeapTrimmer()
 
     def compute(self, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The model work on prepared inputs: top-K of the recommender + the sequence heads."""
         rec = self.cfg.score.recommender
         seen = x["items"] if self.cfg.score.exclude_seen else None
         with torch.inference_mode():
-            scores, idx = topk(self.user_vectors(rec, x), self.items[rec], self.cfg.score.top_k,
-                               self.cfg.score.item_chunk, seen, self.blocked)
             seq = self.models["sequence"].model
-            h = seq.user_states(x)
+            h = seq.user_states(x)              # one transformer pass serves the top-K and both heads
+            last = seq.user_vectors(x, h)
+            users = last.to(self.dtype) if rec == "sequence" else self.user_vectors(rec, x)
+            scores, idx = topk(users, self.items[rec], self.cfg.score.top_k,
+                               self.cfg.score.item_chunk, seen, self.blocked)
             p_return = torch.sigmoid(seq.return_logit(h, x)).float()
-            logits = seq.category_head(seq.user_vectors(x, h))
+            logits = seq.category_head(last)
             # index 0 is 'unknown': predict a named category when the catalog has any
             next_cat = (logits[:, 1:].argmax(1) + 1 if logits.shape[1] > 1
                         else torch.zeros(len(logits), dtype=torch.long, device=logits.device))
@@ -241,6 +284,7 @@ class Scorer(_Models):
             n, (idx, scores) = cold.num_rows, self.popular
             parts.append(self._rows(cold, np.tile(idx, n), np.tile(scores, n), np.full(n, len(idx)),
                                     pa.nulls(n, pa.float32()), pa.nulls(n, pa.string()), True))
+        self.trim_heap()
         return pa.concat_tables(parts)
 
     def _rows(self, users: pa.Table, idx: np.ndarray, scores: np.ndarray, lengths: np.ndarray,

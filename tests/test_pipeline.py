@@ -3,12 +3,18 @@ score -> commit -> evaluate, and what a user of the outputs would check."""
 
 from __future__ import annotations
 
+import dataclasses
+
+import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
+import pytest
 import torch
 
-from raymedia import checkpoint, pipeline, storage
+from raymedia import checkpoint, features, pipeline, storage
+from raymedia.score import HeapTrimmer, Scorer
 
 
 def _events(root):
@@ -128,3 +134,44 @@ def test_duckdb_reads_a_committed_day_from_the_files_the_manifest_names(trained_
     row = duckdb.sql(f"select count(*), count(distinct user_id), min(len(items)) "
                      f"from read_parquet({files})").fetchall()[0]
     assert row == (commit.rows["recommendations"],) * 2 + (cfg.score.top_k,)
+
+
+@pytest.mark.parametrize("recommender", ["sequence", "two_tower"])
+def test_written_scores_are_the_recommenders_own_top_k_dot_products(trained_run, recommender):
+    """The Scorer shares one sequence-model pass between the top-K and the prediction heads;
+    what it writes must still be each user's top-K of (user vector . item vector) over the
+    items not in the history, exactly as the recommender ranks them on its own."""
+    cfg = trained_run["cfg"]
+    cfg = dataclasses.replace(cfg, score=dataclasses.replace(cfg.score, recommender=recommender))
+    scorer = Scorer(trained_run["result"].model_uris, cfg, trained_run["result"].dt)
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(1, cfg.data.history_len + 5, 48)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+    n = int(lengths.sum())
+    asof_us = features.day_start_us(trained_run["result"].dt)
+    batch = pa.table({
+        "user_id": pa.array(np.arange(48, dtype=np.int64)),
+        "items": pa.ListArray.from_arrays(offsets, pa.array(rng.integers(1, scorer.vocab.size, n))),
+        "events": pa.ListArray.from_arrays(offsets, pa.array(rng.integers(2, 6, n).astype(np.int8))),
+        "ts": pa.ListArray.from_arrays(offsets, pa.array(np.sort(asof_us - rng.integers(1, 10**11, n)))),
+        "dwell_s": pa.ListArray.from_arrays(offsets, pa.array(rng.exponential(60, n).astype(np.float32))),
+        "n_events": pa.array(lengths.astype(np.int32)),
+    })
+    out = scorer(batch)
+    _, x = scorer.inputs(batch, "score")
+    with torch.inference_mode():
+        s = scorer.models[recommender].model.user_vectors(x) @ scorer.items[recommender].T
+        s[:, 0] = float("-inf")
+        s.scatter_(1, x["items"], float("-inf"))          # the history window is excluded
+        want = torch.topk(s, cfg.score.top_k, dim=1)
+    assert out["user_id"].to_pylist() == list(range(48))
+    got_idx = [scorer.vocab.lookup(pa.array(items)).tolist() for items in out["items"].to_pylist()]
+    assert got_idx == want.indices.tolist()
+    np.testing.assert_allclose(np.array(out["scores"].to_pylist()), want.values.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_heap_trimmer_trims_only_past_its_slack():
+    trim = HeapTrimmer(slack=1 << 40)
+    assert trim() is False
+    trim.slack = 0
+    assert trim() is True and trim.floor == pytest.approx(HeapTrimmer.private_bytes(), rel=0.05)
