@@ -133,22 +133,6 @@ def topk(users: torch.Tensor, items: torch.Tensor, k: int, chunk: int,
     return decode_keys(torch.sort(best, dim=1, descending=True).values)
 
 
-def target_ranks(users: torch.Tensor, items: torch.Tensor, target: torch.Tensor, chunk: int,
-                 seen: torch.Tensor | None) -> torch.Tensor:
-    """0-based rank of each target under the same ordering as ``topk``; -1 if masked."""
-    rows = torch.arange(len(target), device=users.device)
-    tkey = torch.empty(len(target), dtype=torch.long, device=users.device)
-    for start, s in chunked_scores(users, items, chunk, seen):
-        inside = (target >= start) & (target < start + s.shape[1])
-        keys = score_keys(s, start)
-        tkey[inside] = keys[rows[inside], target[inside] - start]
-    rank = torch.zeros(len(target), dtype=torch.long, device=users.device)
-    for start, s in chunked_scores(users, items, chunk, seen):
-        rank += (score_keys(s, start) > tkey.unsqueeze(1)).sum(1)
-    masked = decode_keys(tkey)[0] == float("-inf")
-    return torch.where(masked, torch.full_like(rank, -1), rank)
-
-
 class HeapTrimmer:
     """Hands glibc's free heap pages back to the OS once this process's private memory has
     grown ``slack`` bytes since the last trim.

@@ -2,7 +2,8 @@
 
 import torch
 
-from raymedia.score import decode_keys, score_keys, target_ranks, topk
+from raymedia.evaluate import rank_all
+from raymedia.score import decode_keys, score_keys, topk
 
 
 def test_keys_order_like_scores_and_break_ties_toward_lower_index():
@@ -41,11 +42,16 @@ def test_chunking_does_not_change_results_and_ranks_agree_with_topk():
         assert torch.equal(got[1], full[1]) and torch.allclose(got[0], full[0], atol=1e-5)
         assert torch.equal(topk(users, items, 20, chunk, seen)[0], got[0])   # repeatable
     target = full[1][:, 4]                         # the 5th best item of each user
-    assert target_ranks(users, items, target, 13, seen).tolist() == [4] * 16
+
+    def ranks(target, seen):                       # the evaluation's ranking of a target
+        return rank_all(lambda a, b: users @ items[a:b].T, len(items), target,
+                        torch.zeros(16, 0, dtype=torch.long), 20, 13, seen)
+    r = ranks(target, seen)
+    assert r["rank"].tolist() == [4] * 16
+    assert torch.equal(r["top"], full[1])          # the evaluation's top-K is the scorer's
     masked = seen[:, 0].clone()
     masked[masked == 0] = 1
-    r = target_ranks(users, items, masked, 13, torch.cat([seen, masked[:, None]], 1))
-    assert (r == -1).all()
+    assert (ranks(masked, torch.cat([seen, masked[:, None]], 1))["rank"] == -1).all()
 
 
 def test_many_ties_at_the_cut_match_a_full_sort_of_the_keys():
