@@ -193,8 +193,8 @@ class _Models:
             raise ValueError("the run's vocabulary does not extend the models' vocabulary")
         for m in self.models.values():
             if self.vocab.size > own.size:
-                models.grow_items(m.model, torch.as_tensor(self.vocab.item_category),
-                                  torch.as_tensor(self.vocab.popularity))
+                models.grow_items(m.model, torch.tensor(self.vocab.item_category),
+                                  torch.tensor(self.vocab.popularity))
                 m.model.to(self.device)
         self.dtype = _DTYPES[cfg.score.precision]
         with torch.inference_mode():
