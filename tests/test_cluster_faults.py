@@ -116,10 +116,11 @@ def reference(trained_run, tmp_path_factory):
 def test_a_killed_scoring_actor_is_restarted_and_its_batches_retried(trained_run, reference, tmp_path):
     out = str(tmp_path / "scores")
     _, run = score(trained_run, out, *SLOW_SCORING)
+    earlier = set(ray_processes("MapBatches(Scorer)"))     # the reference run's actor may still be exiting
     job = Background(run)
     day = trained_run["day"]
     # kill the actor once it has produced output, i.e. in the middle of the day's batches
-    victims = wait_until(lambda: ray_processes("MapBatches(Scorer)") or not job.running,
+    victims = wait_until(lambda: set(ray_processes("MapBatches(Scorer)")) - earlier or not job.running,
                          "the scoring actor did not start")
     wait_until(lambda: glob.glob(f"{out}/dt={day}/run=*/recommendations/*.parquet") or not job.running
                or not all(Path(f"/proc/{pid}").exists() for pid in victims),
