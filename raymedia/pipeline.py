@@ -40,11 +40,6 @@ def init_ray(cfg: Config) -> None:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = cfg.ray.progress_bars
     ctx.print_on_execution_start = False
-    if "RAY_DATA_USE_DATASOURCE_V2" not in os.environ:
-        # Ray 2.60's default Parquet reader (V2) plans a ListFiles task per read, which waited
-        # 4-6 s per read here: the nightly state merge of 90,000 users took 15-17 s with it
-        # and 8.5 s with V1 (BENCHMARKS.md). RAY_DATA_USE_DATASOURCE_V2=1 brings it back.
-        ctx.use_datasource_v2 = False
 
 
 @dataclass
