@@ -1,4 +1,4 @@
-"""The ``raymedia`` command: demo, generate, import, run, train, score, backfill, show, config."""
+"""The ``raymedia`` command: demo, generate, import, run, train, score, backfill, show, gc, config."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ import datetime as dt
 import json
 import logging
 import os
+import re
+import signal
 import sys
+import threading
 import time
 
 from raymedia import config as config_mod
@@ -28,6 +31,26 @@ def _date(s: str) -> dt.date:
         return dt.date.fromisoformat(s)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {s!r}") from None
+
+
+def _count(s: str) -> int:
+    """A non-negative integer (``--limit``)."""
+    try:
+        n = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {s!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {n}")
+    return n
+
+
+def _age(s: str) -> dt.timedelta:
+    """``90m``, ``2h``, ``7d``: how old an uncommitted run must be to be collected."""
+    m = re.fullmatch(r"(\d{1,6})([mhd])", s.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"not an age like 90m, 2h or 7d: {s!r}")
+    unit = {"m": "minutes", "h": "hours", "d": "days"}[m[2]]
+    return dt.timedelta(**{unit: int(m[1])})
 
 
 def parser(prog: str = "raymedia") -> argparse.ArgumentParser:
@@ -63,7 +86,15 @@ def parser(prog: str = "raymedia") -> argparse.ArgumentParser:
     s.add_argument("--dt", type=_date, required=True)
     s.add_argument("--table", default="recommendations",
                    help="recommendations, predictions or rejects")
-    s.add_argument("--limit", type=int, default=10)
+    s.add_argument("--limit", type=_count, default=10, help="rows to print (>= 0)")
+
+    gcp = sub.add_parser("gc", help="remove uncommitted run directories left by crashed or "
+                         "losing runs (never a committed run, never one still beating)")
+    gcp.add_argument("--output", required=True, help="output root (output.uri), local or S3")
+    gcp.add_argument("--older-than", type=_age, default=None, metavar="AGE",
+                     help="collect runs whose heartbeat is older than AGE, e.g. 90m, 2h, 7d "
+                          "(default: output.gc_grace_minutes)")
+    _config_args(gcp)
 
     for name, helptext in (("run", "nightly run for one day: user state, train (optional), score, evaluate, commit"),
                            ("train", "train the models on the window before a day"),
@@ -207,9 +238,28 @@ def show(args) -> int:
     return 0
 
 
+def gc_cmd(cfg, args) -> int:
+    """Collect orphans under one output root; exit 1 if a directory could not be removed."""
+    storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
+    grace = args.older_than or dt.timedelta(minutes=cfg.output.gc_grace_minutes)
+    result = storage.gc(storage.check_uri(args.output, "--output"), grace)
+    print(json.dumps(dataclasses.asdict(result), indent=2))
+    return 1 if result.failed else 0
+
+
+class Terminated(BaseException):
+    """SIGTERM reached the driver: unwind (finally blocks run, Ray shuts down), exit 143."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None, prog: str = "raymedia") -> int:
     args = parser(prog).parse_args(argv)
     _quiet_logs()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         if args.command == "generate":
             from raymedia.data.generate import GeneratorConfig, generate
@@ -230,11 +280,17 @@ def main(argv: list[str] | None = None, prog: str = "raymedia") -> int:
         if args.command == "config":
             print(config_mod.dump(cfg), end="")
             return 0
+        if args.command == "gc":
+            return gc_cmd(cfg, args)
         return _run(cfg, args)
     except (config_mod.ConfigError, ValueError, FileNotFoundError, FileExistsError,
             storage.CommitConflict, schema.RejectThresholdExceeded) as exc:
         print(f"raymedia: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("raymedia: stopped by SIGTERM; a run that had not reached its commit published "
+              "nothing (its files are collected later)", file=sys.stderr, flush=True)
+        return 143
 
 
 if __name__ == "__main__":

@@ -39,9 +39,9 @@ URI_FIELDS = ("data.events_uri", "data.catalog_uri", "output.uri", "output.model
 class DataConfig:
     events_uri: str = _f("out/demo/events", doc="root of the dt=YYYY-MM-DD event partitions")
     catalog_uri: str = _f("out/demo/catalog", doc="item catalog (Parquet file or directory)")
-    lookback_days: int = _f(28, lo=1, doc="days of logs before the run date that are read")
+    lookback_days: int = _f(28, lo=1, hi=3660, doc="days of logs before the run date that are read")
     history_len: int = _f(50, lo=2, hi=4096, doc="events per user kept as model input")
-    return_horizon_days: int = _f(7, lo=1, doc="horizon of the return prediction")
+    return_horizon_days: int = _f(7, lo=1, hi=366, doc="horizon of the return prediction")
     incremental: bool = _f(True, doc="nightly: merge day D-1 into the user state committed with D-1 "
                                      "instead of re-reading the window (rebuilds when it is missing)")
     max_reject_fraction: float = _f(0.05, lo=0.0, hi=1.0,
@@ -122,6 +122,9 @@ class EvalConfig:
 class OutputConfig:
     uri: str = _f("out/demo/scores", doc="root of the committed outputs")
     models_uri: str = _f("out/demo/models", doc="model checkpoints")
+    gc_grace_minutes: float = _f(60.0, lo=1.0, hi=525_600.0,
+                                 doc="an uncommitted run directory whose heartbeat is older than "
+                                     "this is collected (runs beat every 30 s)")
 
 
 @dataclass
@@ -183,6 +186,8 @@ def _check(value: Any, tp: Any, name: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{name} must be an integer, got {value!r}")
+        if abs(value) >= 2 ** 63:
+            raise ConfigError(f"{name} is out of range (|value| < 2**63), got {value!r}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):

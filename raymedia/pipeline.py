@@ -6,9 +6,11 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import signal
+import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import pyarrow as pa
 import ray
@@ -33,10 +35,13 @@ def init_ray(cfg: Config) -> None:
     env = storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
     if not ray.is_initialized():
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+        sigterm = signal.getsignal(signal.SIGTERM)     # ray.init replaces it with sys.exit(15)
         ray.init(address=cfg.ray.address, num_cpus=cfg.ray.num_cpus,
                  logging_level=logging.WARNING, include_dashboard=None,
                  configure_logging=True, log_to_driver=True,
                  runtime_env={"env_vars": env} if env else None)
+        if threading.current_thread() is threading.main_thread() and callable(sigterm):
+            signal.signal(signal.SIGTERM, sigterm)     # the CLI's: one line, exit 143
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = cfg.ray.progress_bars
     ctx.print_on_execution_start = False
@@ -52,6 +57,7 @@ class RunResult:
     counts: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     plan: dict = field(default_factory=dict)       # how the user state was built, how training started
+    cleanup: storage.Cleanup | None = None         # best-effort removal after the commit point
 
 
 @contextmanager
@@ -93,7 +99,11 @@ def previous_state(cfg: Config, day: dt.date, rebuild: bool = False) -> tuple[st
     if rebuild:
         return None, "asked to rebuild (first day of a backfill)"
     prev = day - dt.timedelta(days=1)
-    c = storage.read_commit(cfg.output.uri, prev)
+    try:
+        c = storage.read_commit(cfg.output.uri, prev)
+    except storage.CorruptCommit as exc:     # rebuilt as if missing; the message says why
+        log.warning("%s", exc)
+        return None, str(exc)
     if c is None:
         return None, f"dt={prev} is not committed"
     info = c.details.get("state", {})
@@ -218,8 +228,10 @@ def train_day(cfg: Config, day: dt.date) -> dict[str, str]:
     """Train only (``jobs/train.py``); the run's rejects stay in its uncommitted directory."""
     secs: dict[str, float] = {}
     plan = training_plan(cfg, day)
-    inputs = prepare(cfg, day, storage.new_run_id(), secs, _vocab_of(plan.parent))
-    return train_all(cfg, inputs, plan, secs)
+    run_id = storage.new_run_id()
+    with storage.Heartbeat(cfg.output.uri, day, run_id, None):     # never commits: kept while beating
+        inputs = prepare(cfg, day, run_id, secs, _vocab_of(plan.parent))
+        return train_all(cfg, inputs, plan, secs)
 
 
 def _vocab_of(model_uri: str | None) -> Vocab | None:
@@ -244,6 +256,9 @@ def run_day(cfg: Config, day: dt.date, train_models: bool = True, run_id: str | 
     """Score every user active in the look-back window before ``day`` and commit day ``day``.
 
     Trains first when ``train_models``; otherwise scores with ``models`` (default: latest).
+    The run beats a heartbeat until its commit point; a run that finds another run
+    committed the day meanwhile, whatever stopped it, removes its files and raises
+    CommitConflict. After the commit point nothing is raised: cleanup is reported.
     """
     run_id = storage.check_run_id(run_id or storage.new_run_id())
     storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
@@ -251,6 +266,43 @@ def run_day(cfg: Config, day: dt.date, train_models: bool = True, run_id: str | 
     if train_models:
         storage.check_writable(cfg.output.models_uri, "output.models_uri")
     base_generation = storage.generation(cfg.output.uri, day)
+    try:
+        with storage.Heartbeat(cfg.output.uri, day, run_id, base_generation):
+            result, c = _produce(cfg, day, run_id, train_models, models, rebuild_state)
+        with _timed(result.seconds, "commit"):
+            storage.commit(cfg.output.uri, c, base_generation)
+    except Exception as exc:
+        if not _lost_race(cfg, day, base_generation, exc):
+            raise
+        storage.discard(cfg.output.uri, day, run_id)        # the losing run removes its own files
+        if isinstance(exc, storage.CommitConflict):
+            raise
+        raise storage.CommitConflict(
+            f"dt={day}: another run committed while run {run_id} was running; this run stopped "
+            f"({type(exc).__name__}: {exc}) and published nothing") from exc
+    log.info("dt=%s committed: %s", day, ", ".join(f"{k} {v}" for k, v in result.counts.items()))
+    cleanup = storage.collect(cfg.output.uri, day, dt.timedelta(minutes=cfg.output.gc_grace_minutes))
+    if cleanup.removed:
+        log.info("dt=%s: removed %d run(s) that can no longer be read or committed",
+                 day, len(cleanup.removed))
+    for failure in cleanup.failed:
+        log.warning("dt=%s: the commit stands, but cleanup failed: %s", day, failure)
+    return replace(result, cleanup=cleanup)
+
+
+def _lost_race(cfg: Config, day: dt.date, base_generation: int, exc: Exception) -> bool:
+    """Did another run commit ``day`` after this one started (so it can never commit)?"""
+    if isinstance(exc, storage.CommitConflict):
+        return True
+    try:
+        return storage.generation(cfg.output.uri, day) > base_generation
+    except Exception:             # noqa: BLE001 - storage down: report the original error
+        return False
+
+
+def _produce(cfg: Config, day: dt.date, run_id: str, train_models: bool,
+             models: dict[str, str] | None, rebuild_state: bool) -> tuple[RunResult, storage.Commit]:
+    """Everything before the commit point: read, train, score, evaluate, the commit to make."""
     secs: dict[str, float] = {}
     models = None if train_models else (models or scoring_models(cfg, day))
     plan = training_plan(cfg, day) if train_models else None
@@ -299,14 +351,7 @@ def run_day(cfg: Config, day: dt.date, train_models: bool = True, run_id: str | 
                        config_hash=cfg.hash(), created_at=generated_at,
                        details={"input": inputs.stats, "state": inputs.state_info, "counts": counts,
                                 "models": verified})
-    with _timed(secs, "commit"):
-        try:
-            storage.commit(cfg.output.uri, c, base_generation)
-        except storage.CommitConflict:
-            storage.delete_dir(inputs.run_uri)
-            raise
-    log.info("dt=%s committed: %s", day, ", ".join(f"{k} {v}" for k, v in counts.items()))
-    return result
+    return result, c
 
 
 def score_histories(cfg: Config, histories: ray.data.Dataset, models_kwargs: dict, run_uri: str,

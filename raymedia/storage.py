@@ -8,6 +8,9 @@ Data, pyarrow and torch checkpoints all see the same bytes.
 Commit protocol (object storage has no atomic rename): a run writes its files
 under ``dt=D/run=<run_id>/`` and then one small ``dt=D/_COMMIT.json`` naming
 them. Readers read only what a commit names, so a crashed run is invisible.
+Cleanup comes after the commit point and is best effort: a run announces itself
+in ``dt=D/_runs/<run_id>.json`` (start, heartbeat, the generation it builds on),
+and only runs that can no longer commit or stopped beating are collected.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ import datetime as dt
 import hashlib
 import json
 import os
+import logging
 import re
+import threading
 import urllib.parse
 import uuid
 from dataclasses import dataclass, field
@@ -29,6 +34,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 COMMIT_FILE = "_COMMIT.json"
+RUNS_DIR = "_runs"          # dt=D/_runs/<run_id>.json: one marker per run of the day
+HEARTBEAT_S = 30.0          # how often a working run refreshes its marker
+
+log = logging.getLogger(__name__)
 
 # Object-store retries: botocore's "standard" mode retries connection errors,
 # throttling (SlowDown, 503) and 5xx with jittered exponential backoff; 10
@@ -46,6 +55,10 @@ class StorageError(ValueError):
 
 class OutputNotWritable(StorageError):
     """The output location cannot be written: found before any expensive work."""
+
+
+class CorruptCommit(StorageError):
+    """A ``_COMMIT.json`` that cannot be read (truncated, not JSON, wrong fields)."""
 
 
 def redact(uri: str) -> str:
@@ -248,8 +261,9 @@ def sha256(data: bytes) -> str:
 
 def check_writable(uri: str, what: str = "output") -> None:
     """Write and delete a small probe object under ``uri``; OutputNotWritable if that
-    fails. Runs before any expensive work, so a bad output location costs seconds."""
-    probe = join(uri, "_probe", f"{uuid.uuid4().hex}.txt")
+    fails. Runs before any expensive work, so a bad output location costs seconds.
+    The probe sits directly in ``uri``, so no empty folder is left behind."""
+    probe = join(uri, f"_probe-{uuid.uuid4().hex}.txt")
     try:
         write_bytes(probe, b"raymedia write probe\n")
         fs, path = resolve(probe)
@@ -341,14 +355,13 @@ def generation(output_uri: str, d: dt.date | str) -> int:
 
 
 def commit(output_uri: str, c: Commit, base_generation: int) -> str:
-    """Publish a day's run atomically, then remove every other run's files.
+    """Publish a day's run atomically.
 
     1. create ``_commits/<base+1>.json`` exclusively: the commit point (raises
        CommitConflict if another run took it);
-    2. rewrite ``_COMMIT.json`` (a single PUT / rename) to point readers at it;
-    3. delete the other ``run=*`` directories (the replaced run, crashed runs,
-       and runs that can no longer commit because the generation moved on).
+    2. rewrite ``_COMMIT.json`` (a single PUT / rename) to point readers at it.
     A crash between 1 and 2 leaves readers on the previous, still complete run.
+    Removing other runs' files is ``collect``'s job: best effort, after this returns.
     """
     c.check()
     day_uri = partition(output_uri, c.dt)
@@ -360,26 +373,202 @@ def commit(output_uri: str, c: Commit, base_generation: int) -> str:
             f"(generation {c.generation} is taken); this run's output is not published")
     target = join(day_uri, COMMIT_FILE)
     write_bytes(target, blob)
-    for run_dir in _run_dirs(day_uri):
-        if run_dir.rsplit("run=", 1)[1] != c.run_id:
-            delete_dir(run_dir)
     return target
 
 
-def _run_dirs(day_uri: str) -> list[str]:
-    fs, path = resolve(day_uri)
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
-        return []
-    infos = fs.get_file_info(pafs.FileSelector(path))
-    return [join(day_uri, i.base_name) for i in infos
-            if i.type == pafs.FileType.Directory and i.base_name.startswith("run=")]
+@dataclass(frozen=True)
+class RunMarker:
+    """What ``dt=D/_runs/<run_id>.json`` says about a run that may still be working.
+
+    ``base_generation`` is the day's generation when the run started: once a newer
+    one is committed the run can never commit (None: a run that never commits,
+    e.g. train only). ``heartbeat_at`` is refreshed every HEARTBEAT_S seconds.
+    """
+    run_id: str
+    base_generation: int | None
+    started_at: str
+    heartbeat_at: str
+
+
+def marker_uri(output_uri: str, d: dt.date | str, run_id: str) -> str:
+    return join(partition(output_uri, d), RUNS_DIR, f"{check_run_id(run_id)}.json")
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class Heartbeat:
+    """Context manager: writes the run's marker on entry (raising if it cannot: nothing
+    has been done yet), refreshes it from a daemon thread, stops refreshing on exit.
+    A failed refresh is logged, never raised: the worst case is an early collection."""
+
+    def __init__(self, output_uri: str, d: dt.date | str, run_id: str,
+                 base_generation: int | None, every_s: float = HEARTBEAT_S):
+        self.uri = marker_uri(output_uri, d, run_id)
+        self.started = _now().isoformat()
+        self.run_id, self.base, self.every_s = run_id, base_generation, every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{run_id}", daemon=True)
+
+    def _write(self) -> None:
+        write_json(self.uri, RunMarker(self.run_id, self.base, self.started, _now().isoformat()).__dict__)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.every_s):
+            try:
+                self._write()
+            except Exception as exc:      # noqa: BLE001 - a missed beat must not fail the run
+                log.warning("run %s: heartbeat to %s failed: %s", self.run_id, redact(self.uri), exc)
+
+    def __enter__(self) -> "Heartbeat":
+        self._write()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass(frozen=True)
+class Cleanup:
+    """What a collection did: URIs removed, kept (a run that may still be working),
+    and failed (``uri: error``); failures are reported, never raised."""
+    removed: tuple[str, ...] = ()
+    kept: tuple[str, ...] = ()
+    failed: tuple[str, ...] = ()
+
+    def __add__(self, other: "Cleanup") -> "Cleanup":
+        return Cleanup(self.removed + other.removed, self.kept + other.kept, self.failed + other.failed)
+
+
+def _read_marker(uri: str) -> RunMarker | None:
+    try:
+        return RunMarker(**read_json(uri))
+    except Exception:         # noqa: BLE001 - missing or unreadable: judged by file age instead
+        return None
+
+
+def _newest_mtime(uri: str) -> dt.datetime | None:
+    """When anything under ``uri`` was last written: its newest file (the directory's own
+    time when it holds none)."""
+    fs, path = resolve(uri)
+    info = fs.get_file_info(path)
+    infos = (fs.get_file_info(pafs.FileSelector(path, recursive=True))
+             if info.type == pafs.FileType.Directory else [])
+    times = [i.mtime for i in infos if i.type == pafs.FileType.File and i.mtime is not None] or \
+        [t for t in [info.mtime] if t is not None]
+    return max((t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc) for t in times), default=None)
+
+
+def _entries(uri: str) -> dict[str, pafs.FileInfo]:
+    fs, path = resolve(uri)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return {}
+    return {i.base_name: i for i in fs.get_file_info(pafs.FileSelector(path))}
+
+
+def _commit_points(day_uri: str) -> tuple[set[str], set[str]] | None:
+    """(runs readers may be reading, runs that committed earlier and were replaced):
+    the newest commit point's and ``_COMMIT.json``'s runs, then those of older commit
+    points. None when the newest commit point cannot be read (then nothing is collected)."""
+    names = sorted((n for n in _entries(join(day_uri, "_commits")) if n.endswith(".json") and n[:-5].isdigit()),
+                   key=lambda n: int(n[:-5]))
+    try:
+        runs = [read_json(join(day_uri, "_commits", n))["run_id"] for n in names]
+    except Exception:         # noqa: BLE001
+        return None
+    live = set(runs[-1:])
+    try:
+        if exists(join(day_uri, COMMIT_FILE)):
+            live.add(read_json(join(day_uri, COMMIT_FILE))["run_id"])
+    except Exception:         # noqa: BLE001 - a broken pointer: its commit point is kept above
+        pass
+    return live, set(runs) - live
+
+
+def collect(output_uri: str, d: dt.date | str, grace: dt.timedelta,
+            now: dt.datetime | None = None) -> Cleanup:
+    """Delete a day's run directories (and markers) that no reader or run needs, best effort.
+
+    Collected: runs that can no longer commit (they started before the newest
+    commit generation: replaced, crashed or losing runs) and runs whose heartbeat
+    (or, without a marker, newest file) is older than ``grace``. Kept: the
+    committed runs and every run that may still be working. A failed delete is
+    logged and returned in ``Cleanup.failed``, never raised.
+    """
+    day_uri, now = partition(output_uri, d), now or _now()
+    try:
+        points = _commit_points(day_uri)
+        if points is None:
+            return Cleanup(failed=(f"{redact(day_uri)}: newest commit point unreadable; nothing collected",))
+        (committed, replaced), gen = points, generation(output_uri, d)
+        runs = {n[len("run="):] for n in _entries(day_uri) if n.startswith("run=")}
+        runs |= {n[:-5] for n in _entries(join(day_uri, RUNS_DIR)) if n.endswith(".json")}
+    except Exception as exc:  # noqa: BLE001
+        log.warning("cleanup of %s failed: %s", redact(day_uri), exc)
+        return Cleanup(failed=(f"{redact(day_uri)}: {type(exc).__name__}: {exc}",))
+    removed, kept, failed = [], [], []
+    for run_id in sorted(runs - committed):
+        if not RUN_ID_RE.fullmatch(run_id):
+            continue                   # not a name raymedia writes: never touched
+        run_dir = run_path(output_uri, d, run_id)
+        try:
+            m = _read_marker(marker_uri(output_uri, d, run_id))
+            finished = run_id in replaced or (m is not None and m.base_generation is not None
+                                              and m.base_generation < gen)
+            beat = dt.datetime.fromisoformat(m.heartbeat_at) if m is not None else _newest_mtime(run_dir)
+            if not finished and beat is not None and now - beat <= grace:
+                kept.append(run_dir)
+                continue
+        except Exception as exc:  # noqa: BLE001 - best effort: report and go on
+            failed.append(f"{redact(run_dir)}: {type(exc).__name__}: {exc}")
+            continue
+        done = discard(output_uri, d, run_id)
+        removed += done.removed
+        failed += done.failed
+    return Cleanup(tuple(removed), tuple(kept), tuple(failed))
+
+
+def discard(output_uri: str, d: dt.date | str, run_id: str) -> Cleanup:
+    """Remove one run's directory, then its marker; a failure is logged and returned."""
+    run_dir, marker = run_path(output_uri, d, run_id), marker_uri(output_uri, d, run_id)
+    try:
+        delete_dir(run_dir)
+        fs, path = resolve(marker)
+        if fs.get_file_info(path).type != pafs.FileType.NotFound:
+            fs.delete_file(path)
+        return Cleanup(removed=(run_dir,))
+    except Exception as exc:      # noqa: BLE001 - best effort: report and go on
+        log.warning("cleanup: could not remove %s: %s: %s", redact(run_dir), type(exc).__name__, exc)
+        return Cleanup(failed=(f"{redact(run_dir)}: {type(exc).__name__}: {exc}",))
+
+
+def gc(output_uri: str, grace: dt.timedelta, now: dt.datetime | None = None) -> Cleanup:
+    """``collect`` over every ``dt=D`` partition under ``output_uri`` (orphans of crashes)."""
+    total = Cleanup()
+    for name, info in sorted(_entries(output_uri).items()):
+        if info.type == pafs.FileType.Directory and re.fullmatch(r"dt=\d{4}-\d{2}-\d{2}", name):
+            try:
+                day(name[3:])
+            except StorageError:
+                continue
+            total = total + collect(output_uri, name[3:], grace, now)
+    return total
 
 
 def read_commit(output_uri: str, d: dt.date | str) -> Commit | None:
     uri = join(partition(output_uri, d), COMMIT_FILE)
     if not exists(uri):
         return None
-    return Commit(**read_json(uri))
+    try:
+        c = Commit(**read_json(uri))
+        c.check()
+    except (ValueError, TypeError, StorageError) as exc:
+        raise CorruptCommit(f"{redact(uri)} is not a readable commit ({type(exc).__name__}: {exc}); "
+                            "rerun the day to rewrite it") from None
+    return c
 
 
 def read_committed(output_uri: str, d: dt.date | str, table: str):
