@@ -258,8 +258,8 @@ def _on_sigterm(signum, frame) -> None:
 def main(argv: list[str] | None = None, prog: str = "raymedia") -> int:
     args = parser(prog).parse_args(argv)
     _quiet_logs()
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _on_sigterm)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
         if args.command == "generate":
             from raymedia.data.generate import GeneratorConfig, generate
@@ -291,6 +291,9 @@ def main(argv: list[str] | None = None, prog: str = "raymedia") -> int:
         print("raymedia: stopped by SIGTERM; a run that had not reached its commit published "
               "nothing (its files are collected later)", file=sys.stderr, flush=True)
         return 143
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ Config is data only: values are parsed with ``yaml.safe_load``, never eval'd.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -209,7 +210,7 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(data) - set(fields)
     if unknown:
-        raise ConfigError(f"unknown config field(s): {', '.join(prefix + u for u in sorted(unknown))}"
+        raise ConfigError(f"unknown config field(s): {', '.join(prefix + str(u) for u in sorted(map(str, unknown)))}"
                           f" (known: {', '.join(sorted(fields))})")
     kwargs = {}
     for name, f in fields.items():
@@ -271,9 +272,43 @@ def from_dict(data: dict) -> Config:
     return cfg
 
 
+MAX_YAML_BYTES = 1 << 20        # a config file is a few KiB
+MAX_YAML_NODES = 100_000         # values after expanding aliases (a 545-byte alias bomb has 10**9)
+
+
+def _yaml(text: str | bytes, source: str) -> Any:
+    """``yaml.safe_load`` for untrusted text, refusing what makes it hang or explode:
+    more than MAX_YAML_BYTES, or aliases that expand to more than MAX_YAML_NODES values
+    (counted on the composed graph, shared nodes once per reference, in linear time)."""
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"{source}: {len(text)} bytes; a config is at most {MAX_YAML_BYTES}")
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        sizes: dict[int, int] = {}
+
+        def size(n: yaml.Node) -> int:
+            if id(n) not in sizes:
+                sizes[id(n)] = 0        # a recursive alias counts as one value
+                kids = ([v for pair in n.value for v in pair] if isinstance(n, yaml.MappingNode) else
+                        n.value if isinstance(n, yaml.SequenceNode) else [])
+                sizes[id(n)] = 1 + sum(size(k) for k in kids)
+                if sizes[id(n)] > MAX_YAML_NODES:
+                    raise ConfigError(f"{source}: its aliases expand to more than {MAX_YAML_NODES} "
+                                      "values (a YAML alias bomb?); refusing to load it")
+            return sizes[id(n)]
+
+        if node is not None:
+            size(node)
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply to be a config") from None
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply ``section.field=value`` overrides (values parsed as YAML scalars)."""
-    data = json.loads(json.dumps(data))
+    data = copy.deepcopy(data)
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like section.field=value")
@@ -283,8 +318,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {key!r}: {p} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+                raise ConfigError(f"override {key!r}: {p} is not a section (it is {node!r})")
+        node[parts[-1]] = _yaml(raw, f"override {key!r}") if raw.strip() else ""
     return data
 
 
@@ -293,10 +328,12 @@ def load(path: str | None = None, overrides: list[str] | None = None) -> Config:
     data: dict = {}
     if path:
         from raymedia import storage
-        try:
-            data = yaml.safe_load(storage.read_bytes(path)) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        data = _yaml(storage.read_bytes(path), path)
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections "
+                              f"(data:, train:, ...), got a {type(data).__name__}")
     return from_dict(apply_overrides(data, overrides or []))
 
 

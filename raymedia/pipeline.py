@@ -138,14 +138,18 @@ def prepare(cfg: Config, day: dt.date, run_id: str, secs: dict, base: Vocab | No
         days = read.window(day, cfg.data.lookback_days)
         log.info("user state: rebuilding from %d days of events (%s)", len(days), why)
     partitions = read.event_partitions(cfg.data.events_uri, days, allow_none=prev is not None)
-    read.preflight(partitions)
+    files = read.preflight(partitions)
+    if not files.files and prev is None:
+        raise schema.EmptyInput(f"dt={day}: the {len(partitions)} event partition(s) of the window "
+                                f"under {cfg.data.events_uri} hold no data files; nothing was committed")
+    catalog = read.read_catalog(cfg.data.catalog_uri)          # refused before any work
     init_ray(cfg)
     out = run_uri(cfg, day, run_id)
     first_day = int(state.epoch_day(features.day_start_us(day - dt.timedelta(days=cfg.data.lookback_days))))
     with _timed(secs, "state"):
         parts = []
-        if partitions:
-            parts.append(read.read_log_rows(cfg.data.events_uri, partitions, out,
+        if files.files:
+            parts.append(read.read_log_rows(cfg.data.events_uri, files, out,
                                             None if learn_items else base))
         if prev is not None:
             fs, _ = storage.resolve(cfg.output.uri)
@@ -158,7 +162,6 @@ def prepare(cfg: Config, day: dt.date, run_id: str, secs: dict, base: Vocab | No
         written = user_state.map_batches(state.write_part, batch_format="pyarrow",
                                          fn_kwargs={"run_uri": out, "table": "user_state"}).take_all()
     with _timed(secs, "vocabulary"):
-        catalog = read.read_catalog(cfg.data.catalog_uri)
         seen = state.distinct_items(user_state) if learn_items else pa.array([], catalog["item_id"].type)
         vocab = Vocab.build(catalog, seen, features.day_start_us(day), base=base)
     with _timed(secs, "histories"):

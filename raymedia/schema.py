@@ -107,15 +107,25 @@ def conform(table: pa.Table, schema: pa.Schema, source: str = "input") -> pa.Tab
                 f"(has: {', '.join(table.column_names)})")
         col = table.column(field.name)
         target = id_type(col.type) if field.name in ("user_id", "item_id") else field.type
-        if field.name == "ts" and pa.types.is_timestamp(col.type) and col.type.tz is None:
-            col = pc.assume_timezone(col, "UTC")
+        if pa.types.is_timestamp(col.type) and pa.types.is_timestamp(target):
+            col = _utc(col)
         try:
-            columns.append(col.cast(target))
+            columns.append(col.cast(target, safe=not _finer(col.type, target)))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             raise ContractError(
                 f"{source}: column '{field.name}' of type {col.type} cannot be read as "
                 f"{target}: {exc}") from exc
     return pa.Table.from_arrays(columns, names=schema.names)
+
+
+def _utc(col):
+    """Naive timestamps are UTC by contract; zoned ones are instants already."""
+    return pc.assume_timezone(col, "UTC") if col.type.tz is None else col
+
+
+def _finer(t: pa.DataType, target: pa.DataType) -> bool:
+    """A nanosecond timestamp read as microseconds: truncating is the one lossy cast allowed."""
+    return pa.types.is_timestamp(t) and pa.types.is_timestamp(target) and t.unit == "ns" != target.unit
 
 
 REQUIRED_EVENT_COLUMNS = ("user_id", "item_id", "event", "ts")
@@ -172,13 +182,44 @@ def check_consistent(file_schemas: dict[str, pa.Schema]) -> None:
                                 f"{first['string']}; all event files must use one id type")
 
 
+def read_schema(file_schemas: dict[str, pa.Schema]) -> pa.Schema:
+    """The one schema every event file of a run is read with (each file cast to it as
+    it is read, so files written by different tools never clash): ids int64 or string,
+    ``event`` string, ``dwell_s`` float32, ``ts`` UTC timestamps (nanoseconds when a
+    file has them; validation truncates to microseconds) or, when any file writes
+    ``ts`` as text, text parsed in validation. Columns outside the contract are not read."""
+    def types(col: str) -> list[pa.DataType]:
+        return [value_type(s.field(col).type) for s in file_schemas.values() if col in s.names]
+    ids = [pa.field(c, pa.int64() if all(map(pa.types.is_integer, types(c))) else pa.string())
+           for c in ("user_id", "item_id")]
+    ts = types("ts")
+    ts_type = (pa.string() if not all(map(pa.types.is_timestamp, ts)) else
+               pa.timestamp("ns", tz="UTC") if any(t.unit == "ns" for t in ts) else TS_TYPE)
+    return pa.schema([*ids, pa.field("event", pa.string()), pa.field("ts", ts_type),
+                      pa.field("dwell_s", pa.float32())])
+
+
+def check_catalog(catalog: pa.Table, source: str) -> None:
+    """A catalog that would make a blank or wrong service: no rows, or items without an id."""
+    if catalog.num_rows == 0:
+        raise ContractError(f"{source}: the catalog has no rows; every user would get an empty "
+                            "list, so nothing is scored")
+    nulls = catalog["item_id"].null_count
+    if nulls:
+        first = pc.index(pc.is_null(catalog["item_id"]), True).as_py()
+        raise ContractError(f"{source}: column 'item_id' is null in {nulls} of {catalog.num_rows} "
+                            f"row(s) (first at row {first}); every catalog item needs an id")
+
+
+def value_type(t: pa.DataType) -> pa.DataType:
+    return t.value_type if pa.types.is_dictionary(t) else t
+
+
 def _parse_ts(col: pa.ChunkedArray | pa.Array, source: str) -> tuple[pa.Array, pa.Array]:
     """(timestamps in UTC, bool 'present but unparseable') for timestamp or string input."""
     col = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
     if pa.types.is_timestamp(col.type):
-        if col.type.tz is None:
-            col = pc.assume_timezone(col, "UTC")
-        return col.cast(TS_TYPE), pa.array([False] * len(col))
+        return _utc(col).cast(TS_TYPE, safe=not _finer(col.type, TS_TYPE)), pa.array([False] * len(col))
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
         import pandas as pd
         parsed = pd.to_datetime(col.to_pandas(), utc=True, errors="coerce", format="ISO8601")

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from raymedia.cli import main
@@ -52,3 +53,17 @@ def test_jobs_are_runnable_entry_points():
                            capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr
         assert ("--start" if job == "backfill" else "--date") in r.stdout and f"jobs/{job}.py" in r.stdout
+
+
+def test_show_refuses_a_negative_limit(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["show", "out", "--dt", "2026-01-10", "--limit", "-1"])
+    assert e.value.code == 2 and "argument --limit: must be >= 0, got -1" in capsys.readouterr().err
+
+
+def test_a_list_yaml_with_set_exits_2_naming_the_file(capsys, tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("- train\n- score\n")
+    assert main(["config", "show", "--config", str(f), "--set", "train.epochs=2"]) == 2
+    err = capsys.readouterr().err
+    assert f"{f}: the top level must be a mapping of sections" in err and "Traceback" not in err

@@ -1,5 +1,7 @@
 """Config: YAML + overrides into typed dataclasses; bad values name the field."""
 
+import time
+
 import pytest
 
 from raymedia import config
@@ -28,6 +30,11 @@ def test_yaml_then_overrides(tmp_path):
      "two_tower.last_items (8) must be <= data.history_len (4)"),
     (["train.models=two_tower,knn"], "train.models has unknown model(s) ['knn']"),
     (["nonsense"], "must look like section.field=value"),
+    (["data.lookback_days=1000000"], "data.lookback_days must be <= 3660, got 1000000"),
+    (["train.epochs=99999999999999999999"], "train.epochs is out of range (|value| < 2**63)"),
+    (["data=5", "data.lookback_days=3"], "override 'data.lookback_days': data is not a section"),
+    (["output.gc_grace_minutes=0"], "output.gc_grace_minutes must be >= 1.0, got 0.0"),
+    (["train.epochs=[1, [2, 3]]"], "train.epochs must be an integer"),
 ])
 def test_invalid_values_name_the_field(overrides, message):
     with pytest.raises(ConfigError) as e:
@@ -45,3 +52,48 @@ def test_yaml_is_data_only(tmp_path):
 def test_hash_tracks_every_knob():
     a, b = config.load(), config.load(None, ["score.top_k=11"])
     assert a.hash() == config.load().hash() != b.hash()
+
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi"))
+
+
+def test_a_yaml_alias_bomb_is_refused_at_once(tmp_path):
+    f = tmp_path / "bomb.yaml"
+    f.write_text(BOMB)                                # ~500 bytes, 9**9 values once expanded
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match="aliases expand to more than 100000 values"):
+        config.load(str(f))
+    flow = "{" + ", ".join(BOMB.strip().split("\n")) + "}"      # the same bomb on one line
+    with pytest.raises(ConfigError, match="override 'train.epochs': its aliases expand"):
+        config.load(None, [f"train.epochs={flow}"])
+    assert time.perf_counter() - t0 < 5
+
+
+def test_modest_yaml_anchors_still_work(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("score:\n  top_k: &k 7\neval:\n  k: *k\n")
+    cfg = config.load(str(f))
+    assert (cfg.score.top_k, cfg.eval.k) == (7, 7)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("- a\n- b\n", "the top level must be a mapping of sections (data:, train:, ...), got a list"),
+    ("just words\n", "got a str"),
+    ("train: 5\n", "override 'train.epochs': train is not a section (it is 5)"),
+    ("score: [1, 2]\n", "score must be a mapping, got [1, 2]"),
+    ("1: 2\n", "unknown config field(s): 1"),
+])
+def test_a_config_that_is_not_a_mapping_of_sections_is_a_config_error(tmp_path, text, message):
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        config.load(str(f), ["train.epochs=3"])
+    assert message in str(e.value)
+
+
+def test_a_huge_config_file_is_refused(tmp_path):
+    f = tmp_path / "big.yaml"
+    f.write_text("# " + "x" * (2 << 20) + "\n")
+    with pytest.raises(ConfigError, match="a config is at most 1048576"):
+        config.load(str(f))

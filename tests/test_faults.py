@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import glob
+import json
 import os
 import shutil
 import signal
@@ -21,6 +22,7 @@ import pytest
 
 from conftest import small_config, small_overrides
 from raymedia import pipeline, schema, storage
+from raymedia.cli import main
 
 FAST = ("eval.enabled=false",)
 
@@ -61,21 +63,73 @@ def test_killed_before_commit_is_invisible_and_a_rerun_commits_exactly_once(trai
     assert glob.glob(f"{out}/dt={day}/run=*") == [f"{out}/dt={day}/run={result.run_id}"]
 
 
-def test_two_concurrent_runs_exactly_one_commits(trained_run):
-    root, out = trained_run["root"], trained_run["cfg"].output.uri
-    day = trained_run["day"] + dt.timedelta(days=2)
-    procs = [subprocess.Popen(_cli(root, day, *FAST), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              text=True) for _ in range(2)]
+def _race(root: str, day: dt.date, out: str) -> None:
+    """Two runs of one day at once into ``out``: exactly one exits 0 with a complete
+    commit, the other exits 2 having removed its files."""
+    procs = [subprocess.Popen(_cli(root, day, f"output.uri={out}", *FAST), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
     results = [p.communicate(timeout=600) + (p.returncode,) for p in procs]
     codes = sorted(r[2] for r in results)
     assert codes == [0, 2], [r[1][-2000:] for r in results]
     loser = next(r for r in results if r[2] == 2)
-    assert "another run committed" in loser[1]
+    assert "another run committed" in loser[1] and "Traceback" not in loser[1]
     winner = next(r for r in results if r[2] == 0)
     commit = storage.read_commit(out, day)
     assert commit.run_id in winner[0] and commit.generation == 1
     _assert_one_row_per_user(out, day, commit.rows["recommendations"])
     assert glob.glob(f"{out}/dt={day}/run=*") == [f"{out}/dt={day}/run={commit.run_id}"]
+
+
+def test_two_concurrent_runs_exactly_one_commits(trained_run, tmp_path):
+    _race(trained_run["root"], trained_run["day"], str(tmp_path / "scores"))
+
+
+@pytest.mark.slow
+def test_two_concurrent_runs_twenty_times_in_a_row_exactly_one_commits_each_time(trained_run, tmp_path):
+    for i in range(20):
+        _race(trained_run["root"], trained_run["day"], str(tmp_path / f"scores-{i}"))
+
+
+def test_a_cleanup_failure_leaves_the_commit_in_place_and_exits_0(trained_run, tmp_path, capsys):
+    """A run directory that cannot be deleted (a read-only bind mount: it fails for root
+    too) is reported in the run's result; the commit stands and the command exits 0."""
+    root, day, out = trained_run["root"], trained_run["day"], str(tmp_path / "scores")
+    stuck = tmp_path / "scores" / f"dt={day}" / "run=stuck"
+    stuck.mkdir(parents=True)
+    (stuck / "part-0.parquet").write_bytes(b"left by a run that crashed")
+    storage.write_json(storage.marker_uri(out, day, "stuck"), storage.RunMarker(
+        "stuck", 0, "2026-01-01T00:00:00+00:00", "2026-01-01T00:00:00+00:00").__dict__)
+    if subprocess.run(["mount", "--bind", "-o", "ro", stuck, stuck], capture_output=True).returncode:
+        pytest.skip("needs root: the undeletable directory is a read-only bind mount")
+    try:
+        sets = small_overrides(root, f"output.uri={out}", *FAST)
+        rc = main(["score", "--date", day.isoformat(), *[a for s in sets for a in ("--set", s)]])
+    finally:
+        subprocess.run(["umount", stuck], check=True)
+    printed = capsys.readouterr().out
+    result = json.loads(printed[printed.index("{\n"):])
+    assert rc == 0
+    assert len(result["cleanup"]["failed"]) == 1 and "run=stuck" in result["cleanup"]["failed"][0]
+    assert "Read-only file system" in result["cleanup"]["failed"][0]
+    commit = storage.read_commit(out, day)
+    assert commit.run_id == result["run_id"]
+    _assert_one_row_per_user(out, day, commit.rows["recommendations"])
+
+
+def test_sigterm_to_the_driver_exits_143_with_one_line(trained_run, tmp_path):
+    root, day, out = trained_run["root"], trained_run["day"], str(tmp_path / "scores")
+    proc = subprocess.Popen(_cli(root, day, f"output.uri={out}", *FAST), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not glob.glob(f"{out}/dt={day}/run=*/_stats/*.json"):      # Ray is working for it
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        assert time.time() < deadline, "the run wrote nothing"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-3000:]
+    assert "raymedia: stopped by SIGTERM" in err and "Traceback" not in err
+    assert storage.read_commit(out, day) is None
 
 
 @pytest.fixture

@@ -11,10 +11,12 @@ import datetime as dt
 import hashlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
 from ray.data.datasource import Partitioning
@@ -32,8 +34,17 @@ def window(day: dt.date, lookback_days: int) -> list[dt.date]:
 
 def event_partitions(events_uri: str, days: list[dt.date], allow_none: bool = False) -> list[str]:
     """URIs of the day partitions that exist; missing days are logged, none at all is an
-    error unless ``allow_none`` (a nightly run that carries yesterday's state forward)."""
-    found = [p for p in (storage.partition(events_uri, d) for d in days) if storage.exists(p)]
+    error unless ``allow_none`` (a nightly run that carries yesterday's state forward).
+    A ``dt=D`` that is a file, not a folder, is a ContractError naming it."""
+    found = []
+    for p in (storage.partition(events_uri, d) for d in days):
+        fs, path = storage.resolve(p)
+        kind = fs.get_file_info(path).type
+        if kind == pafs.FileType.File:
+            raise schema.ContractError(f"{p} is a file; a day partition must be a folder of "
+                                       "Parquet files (dt=YYYY-MM-DD/<files>)")
+        if kind == pafs.FileType.Directory:
+            found.append(p)
     if not found and not allow_none:
         raise FileNotFoundError(
             f"no event partitions for {days[0]}..{days[-1]} under {events_uri}")
@@ -44,13 +55,42 @@ def event_partitions(events_uri: str, days: list[dt.date], allow_none: bool = Fa
     return found
 
 
-def preflight(partitions: list[str]) -> list[str]:
+@dataclass(frozen=True)
+class EventFiles:
+    """The files of a run's day partitions and the one schema they are read with.
+
+    Every data file is read whatever its name (Hive and Athena write ``000000_0``);
+    names starting with ``_`` or ``.`` (``_SUCCESS``, ``.crc``) are markers, skipped.
+    Files may differ in timestamp unit and zone, dictionary encoding and integer
+    width: each is cast to ``schema`` as it is read, so no two files' types clash.
+    """
+    partitions: tuple[str, ...]
+    files: tuple[str, ...]
+    schema: pa.Schema
+
+
+def _is_marker(uri: str) -> bool:
+    return uri.rsplit("/", 1)[1].startswith(("_", "."))
+
+
+def preflight(partitions: list[str]) -> EventFiles:
     """Fail fast on structurally broken input: every file's footer is read on the driver.
 
-    Returns the files. A corrupt Parquet file or one missing a required column
-    raises ContractError naming the file (and the column) before any work starts.
+    A corrupt Parquet file, a file in a nested folder, a missing required column, a
+    type that cannot be read, unsigned ids beyond int64 or files that disagree on the
+    id kind or the ``ts`` kind raise ContractError naming the file and the column
+    before any work starts. Returns the files and the schema that reads them all.
     """
-    files = [f for p in partitions for f in storage.list_files(p) if not f.rsplit("/", 1)[1].startswith(("_", "."))]
+    files = []
+    for p in partitions:
+        for f in storage.list_files(p):
+            rel = f[len(p) + 1:]
+            if "/" in rel and not any(part.startswith(("_", ".")) for part in rel.split("/")):
+                raise schema.ContractError(
+                    f"{f}: a file in a nested folder of {p}; raymedia reads the files directly in "
+                    "dt=YYYY-MM-DD/ (move hour=HH/ files up or write one folder per day)")
+            if "/" not in rel and not _is_marker(f):
+                files.append(f)
 
     def check(uri: str) -> pa.Schema:
         fs, path = storage.resolve(uri)
@@ -59,24 +99,55 @@ def preflight(partitions: list[str]) -> list[str]:
         except (pa.ArrowInvalid, OSError) as exc:
             raise schema.ContractError(f"{uri}: not a readable Parquet file: {exc}") from exc
         schema.check_columns(file_schema, uri)
+        for col in ("user_id", "item_id"):
+            if pa.types.is_uint64(schema.value_type(file_schema.field(col).type)):
+                top = pc.max(pq.read_table(path, columns=[col], filesystem=fs)[col]).as_py()
+                if top is not None and top >= 2 ** 63:
+                    raise schema.ContractError(
+                        f"{uri}: column '{col}' holds {top}, above the largest id raymedia keeps "
+                        f"(int64, {2 ** 63 - 1}); write such ids as strings")
         return file_schema
 
     with ThreadPoolExecutor(max_workers=16) as pool:
-        schema.check_consistent(dict(zip(files, pool.map(check, files))))   # one id type
-    return files
+        schemas = dict(zip(files, pool.map(check, files)))
+    schema.check_consistent(schemas)                           # one id kind
+    return EventFiles(tuple(partitions), tuple(files), schema.read_schema(schemas))
 
 
-def read_events(events_uri: str, partitions: list[str]) -> ray.data.Dataset:
-    """Read exactly the given day partitions (never lists days outside them), with ``dt``."""
+def read_events(events_uri: str, partitions: list[str], files: EventFiles | None = None) -> ray.data.Dataset:
+    """Read exactly the given day partitions (never lists days outside them), with ``dt``:
+    the files ``preflight`` found (run here unless given), each cast to one schema."""
+    files = files if files is not None else preflight(partitions)
     fs, base = storage.resolve(events_uri)
     return ray.data.read_parquet(
-        [storage.resolve(p)[1] for p in partitions], filesystem=fs,
+        [storage.resolve(f)[1] for f in files.files], filesystem=fs, file_extensions=None,
+        schema=files.schema, columns=files.schema.names,
         partitioning=Partitioning("hive", base_dir=base, field_types={"dt": str}))
 
 
 def read_catalog(catalog_uri: str) -> pa.Table:
+    """The catalog (one Parquet file or a folder of them, each conformed on its own),
+    refused with ContractError when it has no rows, null ids or mixed id kinds."""
     fs, path = storage.resolve(catalog_uri)
-    return schema.conform(pq.read_table(path, filesystem=fs), schema.CATALOG, catalog_uri)
+    kind = fs.get_file_info(path).type
+    if kind == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"catalog {catalog_uri} does not exist")
+    uris = ([f for f in storage.list_files(catalog_uri) if not _is_marker(f)]
+            if kind == pafs.FileType.Directory else [catalog_uri])
+    parts = []
+    for uri in uris:
+        fs, path = storage.resolve(uri)
+        try:
+            table = pq.read_table(path, filesystem=fs)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise schema.ContractError(f"{uri}: not a readable Parquet file: {exc}") from exc
+        parts.append(schema.conform(table, schema.CATALOG, uri))
+    if len({p.schema.field("item_id").type for p in parts}) > 1:
+        raise schema.ContractError(f"{catalog_uri}: 'item_id' is integer in some files and string in "
+                                   "others; the catalog must use one id type")
+    catalog = pa.concat_tables(parts) if parts else schema.CATALOG.empty_table()
+    schema.check_catalog(catalog, catalog_uri)
+    return catalog
 
 
 def _batch_id(batch: pa.Table) -> str:
@@ -137,10 +208,10 @@ def read_stats(run_uri: str) -> dict:
     return total
 
 
-def read_log_rows(events_uri: str, partitions: list[str], run_uri: str,
+def read_log_rows(events_uri: str, files: EventFiles, run_uri: str,
                   vocab: Vocab | None = None) -> ray.data.Dataset:
-    """The given day partitions as validated log rows (rejects and counts under ``run_uri``)."""
-    return read_events(events_uri, partitions).map_batches(
+    """The preflighted files as validated log rows (rejects and counts under ``run_uri``)."""
+    return read_events(events_uri, list(files.partitions), files).map_batches(
         to_log_rows, batch_format="pyarrow",
         fn_kwargs={"events_uri": events_uri, "run_uri": run_uri, "vocab": vocab})
 
