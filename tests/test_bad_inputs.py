@@ -26,6 +26,9 @@ from raymedia.config import ConfigError
 
 FAST = ("eval.enabled=false",)
 HUGE_USER, EXTRA_USER, UNKNOWN_USER, FUTURE_USER = 7_000_001, 7_000_002, 7_000_003, 7_000_004
+# one user per file written by another tool (see _foreign_files)
+FOREIGN = {"hive_name": 7_100_001, "ns_shanghai": 7_100_002, "naive_ms": 7_100_003, "text_ts": 7_100_004,
+           "dictionary": 7_100_005, "uint64_int32": 7_100_006}
 HUGE = 100_000
 
 
@@ -89,9 +92,37 @@ def messy(trained_run, tmp_path_factory):
         (UNKNOWN_USER, 99_000_000 + k, "play", t0 + dt.timedelta(minutes=k + 1), 5.0) for k in range(5)]
     future = [(FUTURE_USER, int(items[3]), "play", dt.datetime(2099, 1, 1, tzinfo=dt.timezone.utc), 1.0)]
     pq.write_table(_events(unknown + future), f"{root}/events/dt={last}/part-zz-odd.parquet")
+    _foreign_files(f"{root}/events/dt={last}", base, [int(i) for i in items[4:7]])
     cfg, result = _run(trained_run, root)
     return {"root": root, "cfg": cfg, "result": result, "day": day, "missing": missing,
-            "dropped": dropped, "first": first}
+            "dropped": dropped, "first": first, "last": last}
+
+
+def _foreign_files(folder: str, base: dt.datetime, items: list[int]) -> None:
+    """Files as other tools write them, one user each: a Hive/Athena name without an
+    extension, nanoseconds in Asia/Shanghai (tz-aware pandas), naive milliseconds, text
+    timestamps, dictionary-encoded columns, unsigned and 32-bit ids; plus a _SUCCESS marker."""
+    at = [base + dt.timedelta(hours=20, minutes=k, microseconds=7) for k in range(3)]
+
+    def rows(user: int, ts, **types) -> pa.Table:
+        return pa.table({"user_id": pa.array([user] * 3, types.get("user", pa.int64())),
+                         "item_id": pa.array(items, types.get("item", pa.int64())),
+                         "event": pa.array(["play", "like", "complete"]), "ts": ts,
+                         "dwell_s": pa.array([5.0, None, 7.0], pa.float64())})
+    pq.write_table(rows(FOREIGN["hive_name"], pa.array(at, schema.TS_TYPE)), f"{folder}/000000_0")
+    ns = pa.array([int(t.timestamp() * 1e6) * 1000 + 123 for t in at], pa.int64())
+    pq.write_table(rows(FOREIGN["ns_shanghai"], ns.cast(pa.timestamp("ns", tz="Asia/Shanghai"))),
+                   f"{folder}/part-zz-ns.parquet")
+    pq.write_table(rows(FOREIGN["naive_ms"], pa.array([t.replace(tzinfo=None, microsecond=0) for t in at],
+                                                       pa.timestamp("ms"))), f"{folder}/part-zz-naive.parquet")
+    pq.write_table(rows(FOREIGN["text_ts"], pa.array([t.isoformat() for t in at])),
+                   f"{folder}/part-zz-text.parquet")
+    t = rows(FOREIGN["dictionary"], pa.array(at, schema.TS_TYPE))
+    pq.write_table(t.set_column(2, "event", t["event"].dictionary_encode())
+                   .set_column(0, "user_id", t["user_id"].dictionary_encode()), f"{folder}/part-zz-dict.parquet")
+    pq.write_table(rows(FOREIGN["uint64_int32"], pa.array(at, schema.TS_TYPE), user=pa.uint64(), item=pa.int32()),
+                   f"{folder}/part-zz-uint.parquet")
+    open(f"{folder}/_SUCCESS", "wb").close()
 
 
 def _committed(m, table="recommendations") -> pa.Table:
@@ -104,6 +135,19 @@ def test_messy_input_commits_exactly_one_row_per_user(messy):
     assert len(users) == len(set(users)) == messy["result"].counts["users_scored"] > 1000
     stats = storage.read_commit(messy["cfg"].output.uri, messy["day"]).details["input"]
     assert stats["valid_rows"] + stats["rejected_rows"] == stats["input_rows"]
+
+
+def test_files_written_by_other_tools_are_all_read_whatever_their_name_or_types(messy):
+    recs = _committed(messy)["user_id"].to_pylist()
+    assert {name: user in recs for name, user in FOREIGN.items()} == {name: True for name in FOREIGN}
+    rejects = _committed(messy, "rejects")["user_id"].to_pylist()
+    assert not {str(u) for u in FOREIGN.values()} & set(rejects)     # no timestamp left its day
+    files = [f for f in glob.glob(f"{messy['root']}/events/dt=*/*") if not os.path.basename(f).startswith("_")]
+    stats = storage.read_commit(messy["cfg"].output.uri, messy["day"]).details["input"]
+    assert stats["input_rows"] == sum(pq.read_metadata(f).num_rows for f in files)   # nothing skipped
+    preds = _committed(messy, "predictions")
+    n = dict(zip(preds["user_id"].to_pylist(), preds["n_events"].to_pylist()))
+    assert all(n[u] == 3 for u in FOREIGN.values())
 
 
 def test_a_missing_day_is_skipped_and_the_commit_names_the_days_read(messy):
@@ -207,6 +251,9 @@ def test_ids_of_different_types_in_different_files_fail_naming_both(trained_run,
     (lambda t: t.drop_columns(["item_id"]), "missing required column 'item_id'"),
     (lambda t: t.set_column(t.schema.get_field_index("available"), "available",
                             pa.array(["maybe"] * t.num_rows)), "column 'available'"),
+    (lambda t: t.slice(0, 0), "the catalog has no rows"),
+    (lambda t: t.set_column(0, "item_id", pa.array([None] + t["item_id"].to_pylist()[1:], pa.int64())),
+     "column 'item_id' is null in 1 of"),
 ])
 def test_a_broken_catalog_fails_naming_the_catalog_and_column(trained_run, copy, change, message):
     for f in glob.glob(f"{copy['root']}/catalog/*.parquet"):
@@ -251,3 +298,27 @@ def test_impossible_config_values_fail_naming_the_field(override, message):
     with pytest.raises(ConfigError) as e:
         config.load(None, [override])
     assert message in str(e.value)
+
+
+def test_a_nested_hour_folder_fails_naming_the_file(trained_run, copy):
+    nested = f"{copy['root']}/events/dt={copy['last']}/hour=07"
+    os.makedirs(nested)
+    shutil.copy(glob.glob(f"{copy['root']}/events/dt={copy['last']}/*.parquet")[0], f"{nested}/part-0.parquet")
+    msg = _fails(trained_run, copy["root"], schema.ContractError)
+    assert f"{nested}/part-0.parquet: a file in a nested folder" in msg
+
+
+def test_a_day_partition_that_is_a_file_fails_naming_it(trained_run, copy):
+    day = f"{copy['root']}/events/dt={copy['last']}"
+    shutil.rmtree(day)
+    shutil.copy(glob.glob(f"{copy['root']}/events/dt=*/*.parquet")[0], day)
+    msg = _fails(trained_run, copy["root"], schema.ContractError)
+    assert f"{day} is a file; a day partition must be a folder" in msg
+
+
+def test_unsigned_ids_beyond_int64_fail_naming_file_column_and_value(trained_run, copy):
+    t = _events([(1, 2, "play", dt.datetime.combine(copy["last"], dt.time(9), dt.timezone.utc), 1.0)])
+    t = t.set_column(0, "user_id", pa.array([2 ** 63 + 5], pa.uint64()))
+    pq.write_table(t, f"{copy['root']}/events/dt={copy['last']}/part-zz-u64.parquet")
+    msg = _fails(trained_run, copy["root"], schema.ContractError)
+    assert "part-zz-u64.parquet: column 'user_id' holds 9223372036854775813" in msg
