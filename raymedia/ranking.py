@@ -24,9 +24,9 @@ the same on GPU.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Callable, Union
-import threading
 
 import numpy as np
 import torch
@@ -177,11 +177,12 @@ class DotScores:
         the candidate dtype (2 eps), float32 accumulation over D terms, the output rounded
         (eps) and the exact score's own rounding, times |u|·max|v| (Cauchy-Schwarz), plus
         what underflow to subnormals can lose."""
-        eps, u32, d = _UNIT[self.items.dtype if self.low is None else self.low.dtype], 2.0 ** -24, self.users.shape[1]
+        eps = _UNIT[self.items.dtype if self.low is None else self.low.dtype]
+        u32, d = _UNIT[torch.float32], self.users.shape[1]
         vmax = float(self.items.double().norm(dim=1).max()) if self.n_items else 0.0
         unorm = self.users.double().norm(dim=1)
         rel = 3 * eps + (d + 4) * u32
-        return (2 * (rel * unorm * vmax + d * 2.0 ** -24 * (unorm + vmax + 1))).float()
+        return (2 * (rel * unorm * vmax + d * u32 * (unorm + vmax + 1))).float()
 
     def exact(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
         return exact_dot(self.users[rows], self.items[cols])
@@ -192,8 +193,8 @@ class DotScores:
 
 @dataclass(frozen=True)
 class ChunkScores:
-    """Scores from ``fn(start, stop)`` -> (B, stop - start), taken as exact (the baselines:
-    popularity, own history, item-kNN)."""
+    """Scores from ``fn(start, stop)`` -> a fresh (B, stop - start) tensor (it is masked in
+    place), taken as exact (the baselines: popularity, own history, item-kNN)."""
     fn: Callable[[int, int], torch.Tensor]
     n_items: int
     chunk: int
@@ -295,11 +296,11 @@ def rank(scores: Scores, target: torch.Tensor, negatives: torch.Tensor, k: int, 
     score is surely above the target counts, and those within the bound are rescored."""
     B = len(target)
     rows = torch.arange(B, device=target.device)
-    t = scores.exact(rows, target).masked_fill_(masked_pairs(rows, target, seen, blocked), float("-inf"))
-    tkey = score_keys(t, target)
-    nrows, ncols = rows.repeat_interleave(negatives.shape[1]), negatives.reshape(-1)
-    n = scores.exact(nrows, ncols).masked_fill_(masked_pairs(nrows, ncols, seen, blocked), float("-inf"))
-    nkey = score_keys(n, ncols).view(negatives.shape)
+    r = torch.cat([rows, rows.repeat_interleave(negatives.shape[1])])   # targets, then negatives
+    c = torch.cat([target, negatives.reshape(-1)])
+    both = scores.exact(r, c).masked_fill_(masked_pairs(r, c, seen, blocked), float("-inf"))
+    t, tkey = both[:B], score_keys(both[:B], target)
+    nkey = score_keys(both[B:], c[B:]).view(negatives.shape)
     bound = scores.bound()
     count = torch.zeros(B, dtype=torch.long, device=target.device)
 
