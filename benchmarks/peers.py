@@ -4,7 +4,7 @@ One factor model (user factors U, item factors V, float32, random: speed does no
 depend on training) and one user-item matrix of seen items; every contender
 returns each user's K best unseen items by U @ V.T, using all cores:
 
-- raymedia ``score.topk``: item-chunked matmul, seen items masked, exact
+- raymedia ``ranking.topk``: item-chunked matmul, seen items masked, exact
   deterministic top-K, batches of users on one thread per core;
 - raymedia on Ray Data: the same in ``map_batches`` actors, one per core (what the nightly
   job runs);
