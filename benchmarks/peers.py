@@ -4,7 +4,7 @@ One factor model (user factors U, item factors V, float32, random: speed does no
 depend on training) and one user-item matrix of seen items; every contender
 returns each user's K best unseen items by U @ V.T, using all cores:
 
-- raymedia ``score.topk``: item-chunked matmul, seen items masked, exact
+- raymedia ``ranking.topk``: item-chunked matmul, seen items masked, exact
   deterministic top-K, batches of users on one thread per core;
 - raymedia on Ray Data: the same in ``map_batches`` actors, one per core (what the nightly
   job runs);
@@ -31,7 +31,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from common import record  # noqa: E402  (puts the repo on sys.path)
-from raymedia.score import topk  # noqa: E402
+from raymedia.ranking import DotScores, topk  # noqa: E402
 
 
 def seen_matrix(users: int, items: int, per_user: int, rng: np.random.Generator) -> sp.csr_matrix:
@@ -63,7 +63,7 @@ def raymedia_topk(U: np.ndarray, V: torch.Tensor, seen: sp.csr_matrix, k: int, b
 
     def one(lo: int) -> np.ndarray:
         hi = min(lo + batch, len(U))
-        _, idx = topk(torch.from_numpy(U[lo:hi]), V, k, 65536, padded_seen(seen, lo, hi))
+        _, idx = topk(DotScores(torch.from_numpy(U[lo:hi]), V), k, 65536, padded_seen(seen, lo, hi))
         return idx.numpy() - 1
     torch.set_num_threads(1)
     with threadpool_limits(1, "blas"), ThreadPoolExecutor(cores) as pool:
@@ -88,7 +88,7 @@ class FactorScorer:
         rows = np.repeat(np.arange(len(lengths)), lengths)
         cols = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
         pad[rows, cols] = seen.values.to_numpy() + 1
-        _, idx = topk(U, self.V, self.k, 65536, torch.from_numpy(pad))
+        _, idx = topk(DotScores(U, self.V), self.k, 65536, torch.from_numpy(pad))
         return pa.table({"user": batch["user"], "items": pa.array(list(idx.numpy() - 1))})
 
 
@@ -151,7 +151,7 @@ def main() -> None:
     Vt = torch.from_numpy(np.vstack([np.zeros((1, args.dim), np.float32), V]))
     t0 = time.perf_counter()
     ours = raymedia_topk(U, Vt, seen, args.k, args.batch, cores)
-    rows.append(("raymedia score.topk (in process)", time.perf_counter() - t0))
+    rows.append(("raymedia ranking.topk (in process)", time.perf_counter() - t0))
 
     from implicit.cpu.als import AlternatingLeastSquares
     als = AlternatingLeastSquares(factors=args.dim, dtype=np.float32, num_threads=cores)

@@ -38,8 +38,10 @@ import ray
 import torch
 
 from raymedia.config import Config
+from raymedia.data import read
 from raymedia.data.vocab import Vocab
-from raymedia.score import _mask_seen, _Models, decode_keys, score_keys
+from raymedia import features, ranking
+from raymedia.score import _Models
 
 SCHEMA_VERSION = 1
 SAMPLED_NEGATIVES = 100
@@ -172,43 +174,18 @@ def _sampled_negatives(user_hash: np.ndarray, target: np.ndarray, num_items: int
 
 
 def rank_all(score_chunk, n_items: int, target: torch.Tensor, negatives: torch.Tensor,
-             k: int, chunk: int, seen: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    """Full rank, sampled rank and top-k of each user's target under one ranker.
+             k: int, chunk: int, seen: torch.Tensor | None,
+             blocked: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Full rank, sampled rank and top-k of each user's target under one ranker
+    (``ranking.rank``; the fields of ``ranking.Ranks`` as a dict).
 
-    ``score_chunk(start, stop)`` gives (B, stop - start) float scores. Ordering is the
-    scorer's (unique int64 keys, ties to the lower index); masked items never rank.
-    Returns ``rank`` (-1 if the target is masked), ``sampled_rank`` (among the target and
-    its negatives) and ``top`` ((B, k) item indices, -1 where fewer items are unmasked).
+    ``score_chunk`` is a ``ranking.DotScores`` (the models: exact) or ``(start, stop) ->``
+    a fresh (B, stop - start) tensor of scores (the baselines). Ordering and masks are the
+    scorer's: ties to the lower index; padding, seen and ``blocked`` items never rank.
     """
-    B = len(target)
-    rows = torch.arange(B, device=target.device)
-    tkey = torch.empty(B, dtype=torch.long, device=target.device)
-    nkey = torch.empty(negatives.shape, dtype=torch.long, device=target.device)
-    best = None
-    for start in range(0, n_items, chunk):
-        s = score_chunk(start, min(start + chunk, n_items)).float()
-        _mask_seen(s, seen, start)
-        keys = score_keys(s, start)
-        stop = start + s.shape[1]
-        inside = (target >= start) & (target < stop)
-        tkey[inside] = keys[rows[inside], target[inside] - start]
-        ninside = (negatives >= start) & (negatives < stop)
-        r, c = torch.nonzero(ninside, as_tuple=True)
-        nkey[r, c] = keys[r, negatives[r, c] - start]
-        cat = keys if best is None else torch.cat([best, keys], 1)
-        best = torch.topk(cat, min(k, cat.shape[1]), dim=1, sorted=True).values
-    rank = torch.zeros(B, dtype=torch.long, device=target.device)
-    for start in range(0, n_items, chunk):
-        s = score_chunk(start, min(start + chunk, n_items)).float()
-        _mask_seen(s, seen, start)
-        rank += (score_keys(s, start) > tkey.unsqueeze(1)).sum(1)
-    masked = decode_keys(tkey)[0] == float("-inf")
-    top_scores, top = decode_keys(best)
-    top = torch.where(torch.isfinite(top_scores), top, torch.full_like(top, -1))
-    sampled = (nkey > tkey.unsqueeze(1)).sum(1)
-    return {"rank": torch.where(masked, torch.full_like(rank, -1), rank),
-            "sampled_rank": torch.where(masked, torch.full_like(sampled, -1), sampled),
-            "top": top}
+    scores = (score_chunk if isinstance(score_chunk, (ranking.DotScores, ranking.ChunkScores))
+              else ranking.ChunkScores(score_chunk, n_items, chunk))
+    return vars(ranking.rank(scores, target, negatives, k, chunk, seen, blocked))
 
 
 def own_history_scorer(items: torch.Tensor, pop_score: torch.Tensor):
@@ -255,7 +232,6 @@ def item_knn(batches, history_len: int, vocab_size: int,
     """(V, V) float32 item-item cosine similarity over the evaluation inputs (each history
     without its test item), ``neighbours`` largest per item kept, self-similarity 0.
     None when the catalog is larger than ``KNN_MAX_ITEMS``."""
-    from raymedia import features
     if vocab_size - 1 > KNN_MAX_ITEMS:
         return None
     co = torch.zeros(vocab_size, vocab_size, dtype=torch.float32)
@@ -279,9 +255,13 @@ class Evaluator(_Models):
     """Callable class for ``map_batches``: history rows -> per-user ranks of every ranker."""
 
     def __init__(self, model_uris: dict[str, str], cfg: Config, asof: str, vocab: Vocab | None = None,
-                 knn: np.ndarray | None = None, protocol: str = "leave-last-out"):
+                 knn: np.ndarray | None = None, protocol: str = "leave-last-out",
+                 recommendable: np.ndarray | None = None):
         super().__init__(model_uris, cfg, asof, vocab)
         self.protocol = protocol
+        # the scorer's mask: items it would never show never rank here either
+        self.blocked = (None if recommendable is None
+                        else torch.as_tensor(~recommendable, device=self.device))
         self.knn = None if knn is None else torch.as_tensor(knn, device=self.device)
         logpop = np.log1p(self.vocab.popularity)
         self.pop = torch.as_tensor(logpop, dtype=torch.float32, device=self.device)
@@ -290,8 +270,7 @@ class Evaluator(_Models):
     def rankers(self, x: dict) -> dict:
         out = {}
         for kind in self.models:
-            users, items = self.user_vectors(kind, x), self.items[kind]
-            out[kind] = (lambda u, it: lambda a, b: u @ it[a:b].T)(users, items)
+            out[kind] = self.item_scores(kind, self.user_vectors(kind, x))
         B = len(x["target"])
         out["popularity"] = lambda a, b: self.pop[a:b].unsqueeze(0).repeat(B, 1)
         out["own_history"] = own_history_scorer(x["items"], self.pop_fill)
@@ -312,7 +291,7 @@ class Evaluator(_Models):
             x["ret_mask"] = torch.ones(len(x["target"]), device=self.device)   # no return label here
         else:
             kept, x = self.inputs(batch, "eval")
-        seen = x["items"] if self.cfg.score.exclude_seen else None
+        seen = x.get("seen", x["items"]) if self.cfg.score.exclude_seen else None
         chunk, k, n_items = self.cfg.score.item_chunk, self.cfg.eval.k, self.vocab.size
         import pandas as pd
         user_hash = pd.util.hash_array(np.asarray(kept["user_id"].to_pandas(), dtype=object),
@@ -322,7 +301,7 @@ class Evaluator(_Models):
         out = {"n_events": x["length"].cpu().numpy()}
         with torch.inference_mode():
             for name, fn in self.rankers(x).items():
-                r = rank_all(fn, n_items, x["target"], neg, k, chunk, seen)
+                r = rank_all(fn, n_items, x["target"], neg, k, chunk, seen, self.blocked)
                 out[f"rank_{name}"] = r["rank"].cpu().numpy()
                 out[f"sampled_{name}"] = r["sampled_rank"].cpu().numpy()
                 out[f"top_{name}"] = r["top"].cpu().numpy()
@@ -408,13 +387,18 @@ def evaluate(histories: ray.data.Dataset, models: dict, cfg: Config) -> dict:
     """Run the evaluator over all histories and summarise.
 
     ``models`` are the Evaluator's arguments: ``model_uris``, ``asof``, the run's ``vocab``
-    and optionally ``protocol`` (``temporal``: histories carry a ``target`` column) and
-    ``knn`` (computed here from the histories when not given).
+    and optionally ``protocol`` (``temporal``: histories carry a ``target`` column),
+    ``knn`` (computed here from the histories when not given) and ``recommendable`` (from
+    the catalog at ``asof`` when not given, as scoring does).
     """
     vocab = models.get("vocab")
     if vocab is not None and "knn" not in models:
         batches = histories.iter_batches(batch_format="pyarrow", batch_size=2048)
         models = {**models, "knn": item_knn(batches, cfg.data.history_len, vocab.size)}
+    if vocab is not None and "recommendable" not in models:
+        catalog = read.read_catalog(cfg.data.catalog_uri)
+        models = {**models, "recommendable": vocab.recommendable(
+            catalog, features.day_start_us(models["asof"]))}
     rows = collect(histories, models, cfg)
     pop = vocab.popularity if vocab is not None else None
     return summarize(rows, cfg.eval.k, pop, cfg.score.exclude_seen,

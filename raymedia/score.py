@@ -2,14 +2,14 @@
 
 ``histories.map_batches(Scorer, concurrency=n, num_gpus=...)``: each actor
 loads both models once, precomputes the item matrices, and per batch computes
-user vectors, scores items with one matrix product per item chunk (running
-top-K bounds memory by batch x chunk), masks seen items and returns top-K plus
-predictions.
+user vectors and predictions and ranks the items (``raymedia.ranking``: chunked
+scores, seen and blocked items masked, exact deterministic top-K).
 
-Top-K is exact and deterministic: each score becomes an int64 key (the
-order-preserving bits of the float32 score, then the inverted item index), so
-keys are unique and ties always break toward the lower item index whatever
-the kernel does. A batch Ray re-runs gives the same rows.
+A user's recommendations, scores and predictions are bit-identical whatever batch
+they are scored in (size, position, actor count, thread count, run): inputs have one
+shape (sequences padded to ``history_len``), the models run in float64 and their
+outputs are rounded to float32, so reduction-order differences (~1e-16) do not
+show; the item scores are exact by construction (``ranking``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import ctypes
 import datetime as dt
 import logging
 import os
-import threading
 
 import numpy as np
 import pyarrow as pa
@@ -26,111 +25,13 @@ import pyarrow.compute as pc
 import torch
 from threadpoolctl import threadpool_limits
 
-from raymedia import checkpoint, features, models, schema, storage
+from raymedia import checkpoint, features, models, ranking, schema, storage
 from raymedia.config import Config
 from raymedia.data.state import write_part
 from raymedia.data.vocab import Vocab
 
 log = logging.getLogger(__name__)
-_LOW = 0xFFFFFFFF
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def score_keys(scores: torch.Tensor, first_index: int | torch.Tensor) -> torch.Tensor:
-    """Unique, order-preserving int64 keys for float scores of items first_index.. (or of
-    the item indices given as a tensor shaped like ``scores``)."""
-    bits = scores.float().contiguous().view(torch.int32).long()
-    ordered = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
-    idx = first_index if isinstance(first_index, torch.Tensor) else torch.arange(
-        first_index, first_index + scores.shape[1], device=scores.device)
-    return (ordered << 32) | (_LOW - idx)
-
-
-def chunk_top_keys(s: torch.Tensor, start: int, k: int) -> torch.Tensor:
-    """Keys of the k best items of one chunk of scores, (B, k) unsorted; exact.
-
-    A float ``topk`` of k + 1 picks the set, and keys are built for those k only: about
-    5x cheaper than keying the whole chunk. Where the k-th score equals the (k+1)-th
-    (a tie at the cut, or fewer than k unmasked items) the float set is ambiguous, and
-    those rows alone are keyed in full, so ties still go to the lower index whatever the
-    kernel.
-    """
-    if k >= s.shape[1]:
-        return score_keys(s, start)
-    vals, idx = torch.topk(s, k + 1, dim=1, sorted=True)     # one more: is the k-th tied?
-    keys = score_keys(vals[:, :k], idx[:, :k] + start)
-    ambiguous = vals[:, k - 1] == vals[:, k]
-    if bool(ambiguous.any()):
-        rows = torch.nonzero(ambiguous)[:, 0]
-        keys[rows] = torch.topk(score_keys(s[rows], start), k, dim=1, sorted=False).values
-    return keys
-
-
-def decode_keys(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scores float32, item indices) from keys."""
-    idx = _LOW - (keys & _LOW)
-    hi = (keys >> 32).to(torch.int32)
-    bits = torch.where(hi >= 0, hi, hi ^ 0x7FFFFFFF)
-    return bits.view(torch.float32), idx
-
-
-def _mask_seen(scores: torch.Tensor, seen: torch.Tensor | None, start: int) -> None:
-    if start == 0:
-        scores[:, 0] = float("-inf")        # padding index is never an item
-    if seen is None:
-        return
-    local = seen - start
-    inside = (seen > 0) & (local >= 0) & (local < scores.shape[1])
-    rows = torch.nonzero(inside)[:, 0]
-    scores[rows, local[inside]] = float("-inf")
-
-
-_BUFFER = threading.local()        # one score buffer per thread
-
-
-def chunk_scores(users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-    """``users @ items.T`` as float32. On CPU (float32) numpy's BLAS (OpenBLAS) writes into
-    one reused buffer: measured 2x faster than torch's MKL sgemm on AMD EPYC, and a fresh
-    200 MB output per batch costs a third of the product again in page faults. Valid
-    until the next call (callers use each chunk before asking for the next)."""
-    if users.device.type != "cpu" or users.dtype != torch.float32 or items.dtype != torch.float32:
-        return (users @ items.T).float()
-    size = users.shape[0] * items.shape[0]
-    buf = getattr(_BUFFER, "scores", None)
-    if buf is None or buf.size < size:
-        # numpy, not torch: a torch buffer made under inference_mode could not be written
-        # outside it (an in-process Scorer built after another one had scored)
-        buf = _BUFFER.scores = np.empty(size, dtype=np.float32)
-    out = buf[:size].reshape(users.shape[0], items.shape[0])
-    np.matmul(users.numpy(), items.numpy().T, out=out)
-    return torch.from_numpy(out)
-
-
-def chunked_scores(users: torch.Tensor, items: torch.Tensor, chunk: int, seen: torch.Tensor | None,
-                   blocked: torch.Tensor | None = None):
-    """Yield (first item index, masked float32 scores) per item chunk (each chunk valid
-    until the next is yielded).
-
-    ``blocked`` is a (n_items,) bool mask of items that may not be recommended.
-    """
-    for start in range(0, items.shape[0], chunk):
-        s = chunk_scores(users, items[start:start + chunk])
-        if blocked is not None:
-            s.masked_fill_(blocked[start:start + chunk], float("-inf"))
-        _mask_seen(s, seen, start)
-        yield start, s
-
-
-def topk(users: torch.Tensor, items: torch.Tensor, k: int, chunk: int,
-         seen: torch.Tensor | None, blocked: torch.Tensor | None = None,
-         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Exact running top-K over item chunks: (scores (B, k'), indices (B, k'))."""
-    best = None
-    for start, s in chunked_scores(users, items, chunk, seen, blocked):
-        keys = chunk_top_keys(s, start, k)
-        best = keys if best is None else torch.topk(torch.cat([best, keys], 1), min(k, best.shape[1] + keys.shape[1]),
-                                                     dim=1, sorted=False).values
-    return decode_keys(torch.sort(best, dim=1, descending=True).values)
 
 
 class HeapTrimmer:
@@ -196,9 +97,16 @@ class _Models:
                 models.grow_items(m.model, torch.tensor(self.vocab.item_category),
                                   torch.tensor(self.vocab.popularity))
                 m.model.to(self.device)
-        self.dtype = _DTYPES[cfg.score.precision]
+            m.model.double()            # this actor's own copy: float64, see the module doc
+        if self.device == "cuda":       # the candidate bound assumes float32 accumulation
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
+            torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
+        dtype = _DTYPES[cfg.score.precision]
         with torch.inference_mode():
-            self.items = {k: m.model.item_matrix().to(self.dtype) for k, m in self.models.items()}
+            self.items = {k: m.model.item_matrix().float() for k, m in self.models.items()}
+        # the candidate product's copy of the items in bf16/fp16 (score.precision)
+        self.low = {k: None if dtype == torch.float32 else v.to(dtype) for k, v in self.items.items()}
         self.asof_us = features.day_start_us(asof)
         self.horizon_us = cfg.data.return_horizon_days * 86_400_000_000
         self.versions = {k: m.meta["version"] for k, m in self.models.items()}
@@ -209,7 +117,12 @@ class _Models:
         return kept, {k: torch.as_tensor(v, device=self.device) for k, v in arrays.items()}
 
     def user_vectors(self, kind: str, x: dict) -> torch.Tensor:
-        return self.models[kind].model.user_vectors(x).to(self.dtype)
+        """float32 user vectors, rounded from the float64 model's."""
+        return self.models[kind].model.user_vectors(x).float()
+
+    def item_scores(self, kind: str, users: torch.Tensor) -> ranking.DotScores:
+        """The scores of float32 ``users`` against every item of model ``kind``."""
+        return ranking.DotScores(users, self.items[kind], self.low[kind])
 
 
 class Scorer(_Models):
@@ -228,9 +141,11 @@ class Scorer(_Models):
         self.blocked = (None if recommendable is None
                         else torch.as_tensor(~recommendable, device=self.device))
         popularity = torch.as_tensor(np.log1p(self.vocab.popularity), dtype=torch.float32,
-                                     device=self.device).unsqueeze(1)
-        ones = torch.ones(1, 1, device=self.device)
-        scores, idx = topk(ones, popularity, cfg.score.top_k, cfg.score.item_chunk, None, self.blocked)
+                                     device=self.device)
+        chunk = cfg.score.item_chunk
+        scores, idx = ranking.topk(
+            ranking.ChunkScores(lambda a, b: popularity[a:b].unsqueeze(0).clone(), len(popularity), chunk),
+            cfg.score.top_k, chunk, None, self.blocked)
         valid = torch.isfinite(scores[0])
         self.popular = (idx[0][valid].cpu().numpy(), scores[0][valid].cpu().numpy())
         self.trim_heap = HeapTrimmer()
@@ -238,16 +153,17 @@ class Scorer(_Models):
     def compute(self, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The model work on prepared inputs: top-K of the recommender + the sequence heads."""
         rec = self.cfg.score.recommender
-        seen = x["items"] if self.cfg.score.exclude_seen else None
+        # a user's full seen-item list when the histories carry one, else the history
+        seen = x.get("seen", x["items"]) if self.cfg.score.exclude_seen else None
         with torch.inference_mode():
             seq = self.models["sequence"].model
             h = seq.user_states(x)              # one transformer pass serves the top-K and both heads
             last = seq.user_vectors(x, h)
-            users = last.to(self.dtype) if rec == "sequence" else self.user_vectors(rec, x)
-            scores, idx = topk(users, self.items[rec], self.cfg.score.top_k,
-                               self.cfg.score.item_chunk, seen, self.blocked)
+            users = last.float() if rec == "sequence" else self.user_vectors(rec, x)
+            scores, idx = ranking.topk(self.item_scores(rec, users), self.cfg.score.top_k,
+                                       self.cfg.score.item_chunk, seen, self.blocked)
             p_return = torch.sigmoid(seq.return_logit(h, x)).float()
-            logits = seq.category_head(last)
+            logits = seq.category_head(last).float()     # ties (after rounding) to the lower index
             # index 0 is 'unknown': predict a named category when the catalog has any
             next_cat = (logits[:, 1:].argmax(1) + 1 if logits.shape[1] > 1
                         else torch.zeros(len(logits), dtype=torch.long, device=logits.device))

@@ -30,7 +30,7 @@ import pyarrow as pa
 import ray
 import torch
 
-from raymedia import checkpoint, features, models, storage
+from raymedia import checkpoint, features, models, ranking, storage
 from raymedia.config import Config
 from raymedia.data.vocab import Vocab
 
@@ -54,7 +54,6 @@ def lr_factor(step: int, progress: float, warmup_steps: int, schedule: str) -> f
 def validate(model: torch.nn.Module, shard, batch_size: int, device, exclude_seen: bool,
              chunk: int = 65536) -> tuple[float, int]:
     """(sum of NDCG@10, count) of this worker's validation targets, full ranking."""
-    from raymedia.evaluate import rank_all
     was_training = model.training
     model.eval()
     total, count = 0.0, 0
@@ -66,9 +65,10 @@ def validate(model: torch.nn.Module, shard, batch_size: int, device, exclude_see
                 continue
             sub = {k: v[keep] for k, v in batch.items()}
             users = model.user_vectors(sub)
-            r = rank_all(lambda a, b: users @ items[a:b].T, items.shape[0], sub["val_target"],
-                         torch.empty(len(users), 0, dtype=torch.long, device=users.device),
-                         1, chunk, sub["items"] if exclude_seen else None)["rank"]
+            seen = sub.get("seen", sub["items"]) if exclude_seen else None
+            r = ranking.rank(ranking.DotScores(users.float(), items.float()), sub["val_target"],
+                             torch.empty(len(users), 0, dtype=torch.long, device=users.device),
+                             1, chunk, seen).rank
             hit = (r >= 0) & (r < VAL_K)
             total += float(torch.where(hit, 1.0 / torch.log2(r.clamp(min=0).double() + 2), 0.0).sum())
             count += int(len(r))

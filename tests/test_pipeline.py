@@ -160,7 +160,8 @@ def test_written_scores_are_the_recommenders_own_top_k_dot_products(trained_run,
     out = scorer(batch)
     _, x = scorer.inputs(batch, "score")
     with torch.inference_mode():
-        s = scorer.models[recommender].model.user_vectors(x) @ scorer.items[recommender].T
+        # in float64: the scorer's scores are exact float32 roundings of these
+        s = scorer.user_vectors(recommender, x).double() @ scorer.items[recommender].double().T
         s[:, 0] = float("-inf")
         s.scatter_(1, x["items"], float("-inf"))          # the history window is excluded
         want = torch.topk(s, cfg.score.top_k, dim=1)

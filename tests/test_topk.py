@@ -2,8 +2,13 @@
 
 import torch
 
+from raymedia import ranking
 from raymedia.evaluate import rank_all
-from raymedia.score import decode_keys, score_keys, topk
+from raymedia.ranking import DotScores, decode_keys, exact_dot, score_keys
+
+
+def topk(users, items, k, chunk, seen, blocked=None):
+    return ranking.topk(DotScores(users, items), k, chunk, seen, blocked)
 
 
 def test_keys_order_like_scores_and_break_ties_toward_lower_index():
@@ -38,13 +43,12 @@ def test_chunking_does_not_change_results_and_ranks_agree_with_topk():
     full = topk(users, items, 20, 1000, seen)
     for chunk in (7, 32, 100):
         got = topk(users, items, 20, chunk, seen)
-        # BLAS may round the last bit differently per chunk width; the ranking holds
-        assert torch.equal(got[1], full[1]) and torch.allclose(got[0], full[0], atol=1e-5)
-        assert torch.equal(topk(users, items, 20, chunk, seen)[0], got[0])   # repeatable
+        # scores are rescored exactly: the same bits whatever the chunk width
+        assert torch.equal(got[1], full[1]) and torch.equal(got[0], full[0])
     target = full[1][:, 4]                         # the 5th best item of each user
 
     def ranks(target, seen):                       # the evaluation's ranking of a target
-        return rank_all(lambda a, b: users @ items[a:b].T, len(items), target,
+        return rank_all(DotScores(users, items), len(items), target,
                         torch.zeros(16, 0, dtype=torch.long), 20, 13, seen)
     r = ranks(target, seen)
     assert r["rank"].tolist() == [4] * 16
@@ -63,10 +67,52 @@ def test_many_ties_at_the_cut_match_a_full_sort_of_the_keys():
     seen = torch.randint(0, 300, (64, 30), generator=g)
     for k, chunk in ((10, 300), (10, 37), (299, 64), (500, 128)):
         scores, idx = topk(users, items, k, chunk, seen)
-        s = (users @ items.T).float()
+        s = exact_dot(users[:, None], items[None])
         s[:, 0] = float("-inf")
         s.scatter_(1, seen, float("-inf"))
         s[:, 0] = float("-inf")
         want = torch.sort(score_keys(s, 0), dim=1, descending=True).values[:, :min(k, 300)]
         want_scores, want_idx = decode_keys(want)
         assert torch.equal(idx, want_idx) and torch.equal(scores, want_scores), (k, chunk)
+
+
+def test_topk_and_ranks_equal_a_full_sort_of_exact_scores_near_ties_and_blocked_items():
+    """Near-ties within float32 error of the K-th score, and blocked items: the list, its
+    scores and every target's rank are those of the exact scores of all items, sorted."""
+    g = torch.Generator().manual_seed(2)
+    users, items = torch.randn(32, 16, generator=g), torch.randn(400, 16, generator=g)
+    items[1:200] = items[200:399] * (1 + 1e-7)        # pairs of near-tied items
+    items[300] = items[301]                           # an exact tie
+    seen = torch.randint(0, 400, (32, 10), generator=g)
+    blocked = torch.zeros(400, dtype=torch.bool)
+    blocked[torch.randint(1, 400, (40,), generator=g)] = True
+    s = exact_dot(users[:, None], items[None])
+    s[:, 0] = float("-inf")
+    s.scatter_(1, seen, float("-inf"))
+    s[:, blocked] = float("-inf")
+    want = torch.sort(score_keys(s, 0), dim=1, descending=True).values
+    want_scores, want_idx = decode_keys(want[:, :30])
+    for chunk in (400, 33):
+        scores, idx = topk(users, items, 30, chunk, seen, blocked)
+        assert torch.equal(idx, want_idx) and torch.equal(scores, want_scores), chunk
+    target = torch.randint(1, 400, (32,), generator=g)
+    neg = torch.randint(1, 400, (32, 20), generator=g)
+    r = ranking.rank(DotScores(users, items), target, neg, 30, 57, seen, blocked)
+    tkey = score_keys(s, 0).gather(1, target[:, None])
+    masked = s.gather(1, target[:, None])[:, 0] == float("-inf")
+    assert torch.equal(r.rank, torch.where(masked, -1, (score_keys(s, 0) > tkey).sum(1)))
+    nkey = score_keys(s.gather(1, neg), neg)
+    assert torch.equal(r.sampled_rank, torch.where(masked, -1, (nkey > tkey).sum(1)))
+    assert torch.equal(r.top, torch.where(torch.isfinite(want_scores), want_idx, -1))
+
+
+def test_low_precision_candidates_give_the_exact_float32_list():
+    """score.precision=bf16/fp16 picks candidates in low precision; the rescoring is exact,
+    so the list and scores equal the float32 path's."""
+    g = torch.Generator().manual_seed(3)
+    users, items = torch.randn(64, 32, generator=g), torch.randn(3000, 32, generator=g)
+    seen = torch.randint(0, 3000, (64, 20), generator=g)
+    want = topk(users, items, 50, 1024, seen)
+    for dtype in (torch.bfloat16, torch.float16):
+        got = ranking.topk(DotScores(users, items, items.to(dtype)), 50, 1024, seen)
+        assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0]), dtype

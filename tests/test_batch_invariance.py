@@ -1,0 +1,131 @@
+"""A user's recommendations, scores and predictions are bit-identical whatever batch they
+are scored in: alone, in batches of random sizes and orders, at every position, with 1 or
+2 torch threads (no Ray: the Scorer in process, randomly initialised models)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from raymedia import checkpoint, config, models
+from raymedia.data.vocab import Vocab
+from raymedia.score import Scorer
+
+ITEMS, USERS, HISTORY_LEN = 300, 48, 20
+ASOF = "2026-01-20"
+
+
+def _vocab() -> Vocab:
+    rng = np.random.default_rng(0)
+    cats = rng.integers(1, 9, ITEMS)
+    return Vocab(pa.array(np.arange(1000, 1000 + ITEMS)), np.concatenate([[0], cats]),
+                 [f"c{i}" for i in range(1, 9)], np.concatenate([[0], rng.integers(0, 50, ITEMS)]).astype(float))
+
+
+def _cfg(root: str, *extra: str):
+    return config.load(None, [f"output.models_uri={root}/models", f"data.history_len={HISTORY_LEN}",
+                              "score.top_k=25", "score.item_chunk=64", *extra])
+
+
+def _publish(cfg, vocab: Vocab) -> dict[str, str]:
+    """Both models, random, the sequence model's items made to near-tie in pairs (the
+    K-th score sits among near-ties, where float32 rounding used to flip the order)."""
+    uris = {}
+    for kind in models.MODELS:
+        torch.manual_seed(1)
+        model = models.build(kind, models.model_kwargs(kind, cfg), vocab.size, vocab.num_categories,
+                             HISTORY_LEN, torch.as_tensor(vocab.item_category), torch.as_tensor(vocab.popularity))
+        with torch.no_grad():
+            w = model.item_emb.weight
+            w[1:100] = w[101:200] * (1 + 2.0 ** -22)
+            w[200:210] = w[210:220]                      # exact ties: the lower index first
+        meta = {"kind": kind, "version": "v1", "kwargs": models.model_kwargs(kind, cfg),
+                "max_len": HISTORY_LEN, "vocab_digest": vocab.digest(), "history": []}
+        d = f"{cfg.output.models_uri}-staging/{kind}"
+        checkpoint.save_dir(d, model, meta, vocab)
+        uris[kind] = checkpoint.publish(d, cfg.output.models_uri, kind, "v1")
+    return uris
+
+
+def _histories() -> pa.Table:
+    """USERS users, 0 (cold start) to 40 events each, longer than history_len for some."""
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(1, 41, USERS)
+    lengths[:2] = 0
+    def lists(values):
+        return pa.ListArray.from_arrays(pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)),
+                                        pa.array(values))
+    n = int(lengths.sum())
+    ts = 1_768_000_000_000_000 + np.sort(rng.integers(0, 10 ** 12, n))
+    return pa.table({"user_id": pa.array(np.arange(USERS) * 7 + 3),
+                     "items": lists(rng.integers(1, ITEMS + 1, n)),
+                     "events": lists(rng.integers(1, 5, n).astype(np.int8)),
+                     "ts": lists(ts), "dwell_s": lists(rng.uniform(0, 300, n).astype(np.float32)),
+                     "n_events": pa.array(lengths.astype(np.int32))})
+
+
+def _by_user(out: pa.Table) -> dict:
+    return {r["user_id"]: r for r in out.to_pylist()}
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("invariance"))
+    vocab = _vocab()
+    uris = _publish(_cfg(root), vocab)
+    recommendable = np.ones(vocab.size, dtype=bool)
+    recommendable[np.random.default_rng(2).integers(1, vocab.size, 30)] = False
+    yield {"root": root, "vocab": vocab, "uris": uris, "recommendable": recommendable,
+           "histories": _histories()}
+    torch.set_num_threads(1)
+
+
+@pytest.mark.parametrize("recommender,precision", [("sequence", "fp32"), ("two_tower", "fp32"),
+                                                   ("sequence", "bf16")])
+def test_every_batching_position_and_thread_count_gives_the_same_bits(setup, recommender, precision):
+    h, n = setup["histories"], setup["histories"].num_rows
+
+    def scorer(threads: int) -> Scorer:
+        cfg = _cfg(setup["root"], f"score.recommender={recommender}", f"score.precision={precision}",
+                   f"score.num_cpus={threads}")
+        return Scorer(setup["uris"], cfg, ASOF, setup["vocab"], setup["recommendable"])
+
+    one = scorer(1)
+    alone = _by_user(pa.concat_tables([one(h.slice(i, 1)) for i in range(n)]))
+    assert len(alone) == n and sum(r["cold_start"] for r in alone.values()) == 2
+    assert all(len(r["items"]) == 25 for r in alone.values())
+    rng = np.random.default_rng(3)
+    for _ in range(3):                                   # random orders and batch sizes
+        order, parts, start = rng.permutation(n), [], 0
+        while start < n:
+            size = int(rng.integers(1, 20))
+            parts.append(one(h.take(order[start:start + size])))
+            start += size
+        assert _by_user(pa.concat_tables(parts)) == alone
+    batch = h.slice(0, 16)                               # each user at every position of a batch
+    for shift in range(16):
+        rolled = batch.take(np.roll(np.arange(16), shift))
+        assert _by_user(one(rolled)) == {u: alone[u] for u in batch["user_id"].to_pylist()}
+    assert _by_user(scorer(2)(h)) == alone               # 2 torch / BLAS threads, one batch
+
+
+def test_two_runs_of_a_day_with_other_batch_sizes_and_actor_counts_write_the_same_rows(trained_run):
+    """Real Ray, the session's trained models: batch size 256 x 1 actor vs 37 x 2 actors."""
+    from conftest import small_config
+    from raymedia import pipeline, storage
+    root, day = trained_run["root"], trained_run["day"]
+    outputs = {}
+    for name, batch, actors in (("a", 256, 1), ("b", 37, 2)):
+        cfg = small_config(root, "eval.enabled=false", f"score.batch_size={batch}",
+                           f"score.concurrency={actors}", f"output.uri={root}/invariance-{name}")
+        pipeline.run_day(cfg, day, train_models=False)
+        outputs[name] = {t: storage.read_committed(cfg.output.uri, day, t).sort_by("user_id")
+                         for t in ("recommendations", "predictions")}
+    for table in ("recommendations", "predictions"):
+        a, b = outputs["a"][table], outputs["b"][table]
+        if table == "recommendations":
+            a, b = a.drop_columns(["generated_at"]), b.drop_columns(["generated_at"])
+        assert a.num_rows == b.num_rows > 500
+        assert a.equals(b), table
