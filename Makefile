@@ -8,9 +8,11 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 TORCH  ?= torch==2.13.0
+# the cluster image (Dockerfile); cluster.yaml and deploy/kuberay/rayjob.yaml name the same
+IMAGE ?= raymedia:0.1.0
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow bench install clean
+.PHONY: demo test test-slow bench install clean image
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +48,10 @@ bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/scale.py --users 20000 50000 --items 50000 $(BENCH_ARGS)
 	$(BIN)/python benchmarks/training.py --users 5000 --items 1000 --epochs 2 --model two_tower $(BENCH_ARGS)
 	$(BIN)/python benchmarks/precision.py --users 2000 --items 1000 $(BENCH_ARGS)
+
+# needs Docker; push the result and name it in cluster.yaml / deploy/kuberay/rayjob.yaml
+image:
+	docker build -t $(IMAGE) .
 
 clean:
 	rm -rf $(VENV) out .pytest_cache

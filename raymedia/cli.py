@@ -1,4 +1,4 @@
-"""The ``raymedia`` command: demo, generate, import, run, train, score, backfill, show, gc, config."""
+"""The ``raymedia`` command: demo, generate, import, run, train, score, backfill, show, publish, gc, config."""
 
 from __future__ import annotations
 
@@ -24,6 +24,17 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file (any URI)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override one config field (repeatable), e.g. --set train.epochs=3")
+
+
+def _publish_args(p: argparse.ArgumentParser, required: bool) -> None:
+    p.add_argument("--publish" if not required else "--to", dest="publish", required=required,
+                   metavar="REDIS_URL", help="publish the committed day to this Redis: "
+                   "redis://[:password@]host:port/db (or the password in REDIS_PASSWORD)")
+    p.add_argument("--prefix", default="raymedia", help="Redis key prefix (default: raymedia)")
+    p.add_argument("--keep-days", type=float, default=2.0,
+                   help="days a replaced version stays readable before it expires (default: 2)")
+    p.add_argument("--force", action="store_true",
+                   help="publish even if the day is older than the live one")
 
 
 def _date(s: str) -> dt.date:
@@ -103,7 +114,13 @@ def parser(prog: str = "raymedia") -> argparse.ArgumentParser:
         r.add_argument("--date", type=_date, required=True, help="the day to produce (reads days before it)")
         if name == "run":
             r.add_argument("--no-train", action="store_true", help="score with the latest models")
+            _publish_args(r, required=False)
         _config_args(r)
+
+    pub = sub.add_parser("publish", help="load a committed day into Redis and switch readers to it")
+    pub.add_argument("--date", type=_date, required=True, help="the committed day to publish")
+    _publish_args(pub, required=True)
+    _config_args(pub)
 
     b = sub.add_parser("backfill", help="run a date range day by day, point in time, resumable")
     b.add_argument("--start", type=_date, required=True, help="first day to produce")
@@ -112,6 +129,7 @@ def parser(prog: str = "raymedia") -> argparse.ArgumentParser:
     b.add_argument("--model-version", help="score every day with this model version "
                    "(default: for each day, the newest model trained before it)")
     b.add_argument("--train", action="store_true", help="retrain for every day instead")
+    _publish_args(b, required=False)      # publishes the last day, once every day is committed
     _config_args(b)
 
     e = sub.add_parser("evaluate", help="train (or load) the models on a data set, rank held-out "
@@ -154,8 +172,32 @@ def metrics_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
+def publish_cmd(cfg, args, day: dt.date) -> int:
+    """Publish a committed day and print one line saying what readers now see.
+    Exit status 1 when Redis failed (readers stay on the version they had)."""
+    from raymedia import pipeline, publish
+    target = publish.parse_target(args.publish, args.prefix)
+    pipeline.init_ray(cfg)
+    try:
+        r = publish.publish(cfg.output.uri, day, target, force=args.force, keep_days=args.keep_days)
+    except publish.PublishError as exc:
+        print(f"raymedia: publish failed: {exc}", file=sys.stderr)
+        return 1
+    what = "published" if r.status == "switched" else "already live:"
+    print(f"{what} dt={r.dt} as {target.key(r.version)}:* ({r.users} users) at {target.url} "
+          f"in {r.seconds:.1f}s; live = {r.live}"
+          + (f"; expiring in {args.keep_days:g} days: {', '.join(r.retired)}" if r.retired else ""),
+          file=sys.stderr)
+    return 0
+
+
 def _run(cfg, args) -> int:
     from raymedia import pipeline
+    if getattr(args, "publish", None):          # a bad URL fails before any work, not after
+        from raymedia.publish import parse_target
+        parse_target(args.publish, args.prefix)
+    if args.command == "publish":
+        return publish_cmd(cfg, args, args.date)
     if args.command == "train":
         uris = pipeline.train_day(cfg, args.date)
         print(json.dumps({"models": uris}, indent=2))
@@ -165,11 +207,11 @@ def _run(cfg, args) -> int:
                                     model_version=args.model_version, train_models=args.train,
                                     echo=lambda line: print(line, flush=True))
         print(json.dumps({"committed": [r.dt for r in results]}))
-        return 0
+        return publish_cmd(cfg, args, args.end) if args.publish else 0
     train = args.command == "run" and not args.no_train
     result = pipeline.run_day(cfg, args.date, train_models=train)
     print(json.dumps(dataclasses.asdict(result), indent=2, default=str))
-    return 0
+    return publish_cmd(cfg, args, args.date) if args.command == "run" and args.publish else 0
 
 
 def demo(args) -> int:
