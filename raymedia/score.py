@@ -238,7 +238,7 @@ class Scorer(_Models):
     def compute(self, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The model work on prepared inputs: top-K of the recommender + the sequence heads."""
         rec = self.cfg.score.recommender
-        seen = x["items"] if self.cfg.score.exclude_seen else None
+        seen = x.get("seen", x["items"]) if self.cfg.score.exclude_seen else None
         with torch.inference_mode():
             seq = self.models["sequence"].model
             h = seq.user_states(x)              # one transformer pass serves the top-K and both heads

@@ -14,7 +14,7 @@ import pytest
 from raymedia import cli
 from raymedia.evaluate import SCHEMA_VERSION
 
-RANKERS = {"sequence", "two_tower", "popularity", "own_history", "most_frequent", "item_knn"}
+RANKERS = {"sequence", "two_tower", "popularity", "own_history", "most_frequent", "item_knn", "als", "ease"}
 PLOTS = ["metrics", "history_length", "calibration", "training", "popularity"]
 
 
