@@ -101,14 +101,17 @@ def fit(batches, mode: str, history_len: int, vocab_size: int, cfg: BaselinesCon
     """Fit the configured baselines on the evaluation inputs (``batches`` of history rows)."""
     X = user_matrix(batches, mode, history_len, vocab_size)
     out: dict = {"seconds": {}, "skipped": {}}
-    if cfg.ease and vocab_size - 1 > cfg.ease_max_items:
+    if X.shape[0] == 0:
+        out["skipped"] = {n: "no user with an item before their test item" for n in NAMES
+                          if getattr(cfg, n)}
+    elif cfg.ease and vocab_size - 1 > cfg.ease_max_items:
         out["skipped"]["ease"] = (f"{vocab_size - 1} items > baselines.ease_max_items="
                                   f"{cfg.ease_max_items} (EASE inverts an items x items matrix)")
     elif cfg.ease:
         t0 = time.perf_counter()
         out["ease"] = ease(X, cfg.ease_lambda)
         out["seconds"]["ease"] = round(time.perf_counter() - t0, 2)
-    if cfg.als:
+    if cfg.als and X.shape[0]:
         t0 = time.perf_counter()
         try:
             out["als_items"] = als_items(X, cfg)

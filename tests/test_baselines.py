@@ -116,3 +116,5 @@ def test_ease_is_skipped_with_the_reason_above_its_catalog_limit():
     assert fitted.ease is None and fitted.als_items is None
     assert fitted.skipped == {"ease": f"{V - 1} items > baselines.ease_max_items={V - 2} "
                                       "(EASE inverts an items x items matrix)"}
+    empty = baselines.fit([], "eval", 50, V, BaselinesConfig())
+    assert empty.skipped == {n: "no user with an item before their test item" for n in ("als", "ease")}
