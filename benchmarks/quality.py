@@ -9,7 +9,7 @@ Imports the file (any importer format, detected from the name or --format), then
 each repeat policy (repeats allowed; seen items excluded, where repeats are not training
 targets either) trains both models and evaluates leave-last-out with full ranking (plus
 sampled-100, labelled), every model next to the popularity, own-history,
-most-frequent and item-kNN baselines. Prints NDCG@10 / HR@10 per model and baseline for each policy;
+most-frequent, item-kNN, ALS and EASE baselines. Prints NDCG@10 / HR@10 per model and baseline for each policy;
 metrics.json and report.html of each policy are under --out. ``--record`` appends the
 tables to BENCHMARKS.md.
 """
@@ -113,7 +113,7 @@ def markdown(m: dict, label: str) -> list[str]:
               "Best epoch (validation NDCG@10): " + ", ".join(
                   f"{kind} {b.get('epoch')} of {len(m['training'][kind])} ({_f(b.get('val_ndcg'))})"
                   for kind, b in best.items())
-              + f". Stage times (s): {m['seconds']}."]
+              + f". Stage times (s): {m['seconds']}. Baseline fits: {m.get('baseline_fits', {})}."]
     return lines
 
 

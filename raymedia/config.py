@@ -42,6 +42,9 @@ class DataConfig:
     catalog_uri: str = _f("out/demo/catalog", doc="item catalog (Parquet file or directory)")
     lookback_days: int = _f(28, lo=1, hi=3660, doc="days of logs before the run date that are read")
     history_len: int = _f(50, lo=2, hi=4096, doc="events per user kept as model input")
+    seen_days: int = _f(0, lo=0, hi=3660, doc="score.exclude_seen masks the items a user interacted with in "
+                                              "the last seen_days days (0: the whole look-back window), "
+                                              "plus the model input")
     return_horizon_days: int = _f(7, lo=1, hi=366, doc="horizon of the return prediction")
     incremental: bool = _f(True, doc="nightly: merge day D-1 into the user state committed with D-1 "
                                      "instead of re-reading the window (rebuilds when it is missing)")
@@ -120,6 +123,21 @@ class EvalConfig:
 
 
 @dataclass
+class BaselinesConfig:
+    """The strong classic baselines fitted in every evaluation run (``raymedia/baselines.py``)."""
+    als: bool = _f(True, doc="fit implicit's ALS (the [eval] extra) next to the models")
+    als_factors: int = _f(128, lo=1)
+    als_iterations: int = _f(15, lo=1)
+    als_regularization: float = _f(0.01, lo=0.0, doc="implicit's ALS L2 regularisation")
+    als_alpha: float = _f(1.0, gt=0.0, doc="confidence of an observed interaction")
+    ease: bool = _f(True, doc="fit EASE (Steck 2019, closed form) next to the models")
+    ease_lambda: float = _f(500.0, gt=0.0, doc="EASE L2 regularisation")
+    ease_max_items: int = _f(20_000, lo=1, doc="EASE inverts an items x items matrix: skipped "
+                                                "(with the reason logged) above this catalog size")
+    seed: int = _f(0)
+
+
+@dataclass
 class OutputConfig:
     uri: str = _f("out/demo/scores", doc="root of the committed outputs")
     models_uri: str = _f("out/demo/models", doc="model checkpoints")
@@ -151,6 +169,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     ray: RayConfig = field(default_factory=RayConfig)

@@ -19,6 +19,12 @@ in the same pass over the same users:
   co-occurrence in users' training histories (the test items never counted),
   100 nearest neighbours per item, a user's score = sum of the similarities to
   the items in their history (catalogs up to ``KNN_MAX_ITEMS``).
+- ``als`` and ``ease``: the strong classic baselines of ``raymedia/baselines.py``, fitted on
+  every item each user saw before the test item (skipped, with the reason, when they cannot run).
+
+With ``score.exclude_seen`` every ranker masks the same items the scorer masks in
+production: everything the user saw before the test item (``features``' ``seen`` input:
+the user state's seen set within ``data.seen_days`` plus the history before the target).
 
 Per ranker: HR@K, NDCG@K, MRR (full ranking), catalog coverage of the top-K
 lists, their popularity bias (mean popularity percentile of recommended items;
@@ -37,17 +43,17 @@ import pyarrow as pa
 import ray
 import torch
 
+from raymedia import baselines, features, ranking
 from raymedia.config import Config
 from raymedia.data import read
 from raymedia.data.vocab import Vocab
-from raymedia import features, ranking
 from raymedia.score import _Models
 
 SCHEMA_VERSION = 1
 SAMPLED_NEGATIVES = 100
 CALIBRATION_BINS = 10
 HISTORY_BUCKETS = (1, 2, 4, 8, 16, 32)           # lower edges of history-length buckets
-BASELINES = ("popularity", "own_history", "most_frequent", "item_knn")
+BASELINES = ("popularity", "own_history", "most_frequent", "item_knn", *baselines.NAMES)
 KNN_MAX_ITEMS = 10_000        # the item-item matrix is dense: items^2 floats
 KNN_NEIGHBOURS = 100
 
@@ -256,13 +262,17 @@ class Evaluator(_Models):
 
     def __init__(self, model_uris: dict[str, str], cfg: Config, asof: str, vocab: Vocab | None = None,
                  knn: np.ndarray | None = None, protocol: str = "leave-last-out",
-                 recommendable: np.ndarray | None = None):
+                 recommendable: np.ndarray | None = None, fitted: baselines.Fitted | None = None):
         super().__init__(model_uris, cfg, asof, vocab)
         self.protocol = protocol
         # the scorer's mask: items it would never show never rank here either
         self.blocked = (None if recommendable is None
                         else torch.as_tensor(~recommendable, device=self.device))
         self.knn = None if knn is None else torch.as_tensor(knn, device=self.device)
+        self.fitted = fitted or baselines.Fitted()
+        self.ease = None if self.fitted.ease is None else torch.as_tensor(self.fitted.ease, device=self.device)
+        self.als = (None if self.fitted.als_items is None
+                    else torch.as_tensor(self.fitted.als_items, device=self.device))
         logpop = np.log1p(self.vocab.popularity)
         self.pop = torch.as_tensor(logpop, dtype=torch.float32, device=self.device)
         self.pop_fill = self.pop / max(float(self.pop.max()), 1e-12) * 0.49
@@ -279,6 +289,7 @@ class Evaluator(_Models):
             h = torch.zeros(B, self.knn.shape[0], device=self.device).scatter_(1, x["items"], 1.0)
             h[:, 0] = 0
             out["item_knn"] = lambda a, b: h @ self.knn[:, a:b]
+        out.update(baselines.scorers(self.fitted, x.get("seen", x["items"]), self.ease, self.als))
         return out
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
@@ -388,8 +399,8 @@ def evaluate(histories: ray.data.Dataset, models: dict, cfg: Config) -> dict:
 
     ``models`` are the Evaluator's arguments: ``model_uris``, ``asof``, the run's ``vocab``
     and optionally ``protocol`` (``temporal``: histories carry a ``target`` column),
-    ``knn`` (computed here from the histories when not given) and ``recommendable`` (from
-    the catalog at ``asof`` when not given, as scoring does).
+    ``knn`` and ``fitted`` (the baselines; both computed here from the histories when not
+    given) and ``recommendable`` (from the catalog at ``asof`` when not given, as scoring does).
     """
     vocab = models.get("vocab")
     if vocab is not None and "knn" not in models:
@@ -399,10 +410,20 @@ def evaluate(histories: ray.data.Dataset, models: dict, cfg: Config) -> dict:
         catalog = read.read_catalog(cfg.data.catalog_uri)
         models = {**models, "recommendable": vocab.recommendable(
             catalog, features.day_start_us(models["asof"]))}
+    if vocab is not None and "fitted" not in models:
+        mode = "score" if models.get("protocol") == "temporal" else "eval"
+        batches = histories.iter_batches(batch_format="pyarrow", batch_size=2048)
+        models = {**models, "fitted": baselines.fit(batches, mode, cfg.data.history_len, vocab.size,
+                                                    cfg.baselines)}
     rows = collect(histories, models, cfg)
     pop = vocab.popularity if vocab is not None else None
-    return summarize(rows, cfg.eval.k, pop, cfg.score.exclude_seen,
-                     models.get("protocol", "leave-last-out"))
+    result = summarize(rows, cfg.eval.k, pop, cfg.score.exclude_seen,
+                       models.get("protocol", "leave-last-out"))
+    fitted = models.get("fitted")
+    if fitted is not None:
+        result["baseline_fits"] = {**{n: {"seconds": s} for n, s in fitted.seconds.items()},
+                                   **{n: {"skipped": why} for n, why in fitted.skipped.items()}}
+    return result
 
 
 def _gpus() -> bool:

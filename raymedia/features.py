@@ -12,6 +12,11 @@ Three modes share one layout:
 - ``eval``: inputs are the history without its last event; ``target`` is it.
 - ``score``: inputs are the whole history (recommend what comes next).
 
+``eval`` and ``score`` inputs carry ``seen``: every item the user interacted with
+before the target (eval) or at all (score), i.e. the history's ``seen`` column (the
+user state's seen set, older than the history) plus the history's items, right-padded
+with 0, the padding index, which is masked anyway. It is what ``score.exclude_seen`` masks.
+
 The return label is defined as of ``T = asof - horizon``: the user's state at
 the last event before T, and whether any event happened in ``[T, asof)``.
 Causal attention makes the state at that position blind to later events.
@@ -89,6 +94,23 @@ def _flat(col: pa.ChunkedArray | pa.Array) -> tuple[np.ndarray, np.ndarray]:
     return values, offsets - offsets[0]
 
 
+def _seen(batch: pa.Table, items: np.ndarray, off: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """(B, width) right-padded: the row's ``seen`` column (if any), then its items before ``ends``."""
+    B = len(ends)
+    owner = np.repeat(np.arange(B), np.diff(off))
+    before = np.arange(len(items)) < ends[owner]
+    values, rows = [items[before]], [owner[before]]
+    if "seen" in batch.column_names:
+        seen, soff = _flat(batch["seen"])
+        values.insert(0, seen)
+        rows.insert(0, np.repeat(np.arange(B), np.diff(soff)))
+    rows_all, values_all = np.concatenate(rows), np.concatenate(values)
+    order = np.argsort(rows_all, kind="stable")
+    counts = np.bincount(rows_all, minlength=B)
+    starts = np.cumsum(counts) - counts
+    return _window(values_all[order], starts, starts + counts, max(int(counts.max(initial=0)), 1))
+
+
 def model_inputs(batch: pa.Table, mode: Mode, max_len: int, asof_us: int,
                  horizon_us: int) -> dict[str, np.ndarray]:
     """Model input arrays for history rows long enough for the mode (see module doc)."""
@@ -127,6 +149,8 @@ def model_inputs(batch: pa.Table, mode: Mode, max_len: int, asof_us: int,
         out["val_target"] = np.zeros(len(length), dtype=np.int64)
         out["val_target"][rows] = out["targets"][rows, length[rows] - 1]
         out["targets"][rows, length[rows] - 1] = 0
+    if mode != "train":
+        out["seen"] = _seen(batch, items, off, ends)
     if mode == "eval":
         out["target"] = items[ends]
     if mode == "score":

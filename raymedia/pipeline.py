@@ -92,6 +92,12 @@ def state_len(cfg: Config) -> int:
     return cfg.data.history_len + 1
 
 
+def seen_from(cfg: Config, day: dt.date) -> int:
+    """First epoch day whose interactions ``score.exclude_seen`` masks (``data.seen_days``)."""
+    days = cfg.data.seen_days or cfg.data.lookback_days
+    return int(state.epoch_day(features.day_start_us(day - dt.timedelta(days=days))))
+
+
 def previous_state(cfg: Config, day: dt.date, rebuild: bool = False) -> tuple[storage.Commit | None, str]:
     """The committed user state of ``day - 1`` if this run can build on it, else why not."""
     if not cfg.data.incremental:
@@ -110,7 +116,7 @@ def previous_state(cfg: Config, day: dt.date, rebuild: bool = False) -> tuple[st
     if not c.files.get("user_state"):
         return None, f"dt={prev} has no user state"
     wanted = {"events_uri": cfg.data.events_uri, "lookback_days": cfg.data.lookback_days,
-              "length": state_len(cfg)}
+              "length": state_len(cfg), "format": state.FORMAT}
     changed = [k for k, v in wanted.items() if info.get(k) != v]
     if changed:
         return None, f"the user state of dt={prev} was built with other {', '.join(changed)}"
@@ -167,7 +173,7 @@ def prepare(cfg: Config, day: dt.date, run_id: str, secs: dict, base: Vocab | No
     with _timed(secs, "histories"):
         histories = user_state.map_batches(
             state.to_histories, batch_format="pyarrow",
-            fn_kwargs={"vocab": vocab, "n": state_len(cfg)}).materialize()
+            fn_kwargs={"vocab": vocab, "n": state_len(cfg), "seen_from": seen_from(cfg, day)}).materialize()
     stats = read.read_stats(out)
     if stats["input_rows"] == 0 and prev is None:
         raise schema.EmptyInput(f"dt={day}: the {len(partitions)} event partition(s) of the window "
@@ -184,7 +190,7 @@ def prepare(cfg: Config, day: dt.date, run_id: str, secs: dict, base: Vocab | No
             f"the rejected rows are in {storage.join(out, 'rejects')}")
     info = {"mode": "incremental" if prev is not None else "rebuild", "from": why,
             "events_uri": cfg.data.events_uri, "lookback_days": cfg.data.lookback_days,
-            "length": state_len(cfg), "users": sum(int(w["rows"]) for w in written),
+            "length": state_len(cfg), "format": state.FORMAT, "users": sum(int(w["rows"]) for w in written),
             "new_items": vocab.size - base.size if base is not None else 0}
     return Inputs(day, run_id, out, partitions, vocab, histories, stats,
                   [w["file"] for w in written], info)

@@ -184,6 +184,11 @@ def table(metrics: dict) -> str:
     lines.append(f"(* baseline; {metrics.get('users', 0)} users, {metrics.get('protocol')}, "
                  f"{metrics.get('ranking')} ranking over {metrics.get('catalog_items')} items, {seen}; "
                  f"sampled: {metrics.get('sampled', {}).get('negatives')} random negatives)")
+    fits = metrics.get("baseline_fits") or {}
+    if fits:
+        lines.append("baselines: " + "; ".join(
+            f"{n} fitted in {f['seconds']:.1f}s" if "seconds" in f else f"{n} skipped ({f.get('skipped')})"
+            for n, f in sorted(fits.items())))
     if ret:
         lines.append(f"return-within-7d: AUC {_num(ret.get('auc')).strip()}, ECE {_num(ret.get('ece')).strip()}, "
                      f"Brier {_num(ret.get('brier')).strip()} on {ret['users']} held-out users "

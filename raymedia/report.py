@@ -139,6 +139,17 @@ def _table(m: dict) -> str:
             f"always labelled sampled.</p>")
 
 
+def _fits(m: dict) -> str:
+    """One line on the strong baselines: seconds each fit took, or why it was skipped."""
+    fits = m.get("baseline_fits") or {}
+    if not fits:
+        return ""
+    parts = [f"{html.escape(n)}: fitted in {f['seconds']:.1f} s" if "seconds" in f
+             else f"{html.escape(n)}: skipped ({html.escape(str(f.get('skipped')))})"
+             for n, f in sorted(fits.items())]
+    return f"<p class=note>Strong baselines (same users, same masks): {'; '.join(parts)}.</p>"
+
+
 def _fmt(v) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "-"
@@ -177,6 +188,7 @@ td:first-child,th:first-child{{text-align:left}}img.plot{{max-width:100%;display
 Data: {html.escape(str(data.get('events_uri', '')))} ({data.get('first_day', '')} to {data.get('last_day', '')}).
 metrics.json schema version {m.get('schema_version')}.</p>
 {_table(m)}
+{_fits(m)}
 <p>Return within 7 days: AUC {_fmt(ret.get('auc'))}, ECE {_fmt(ret.get('ece'))}, Brier {_fmt(ret.get('brier'))}
 on {ret.get('users', 0)} held-out users (base rate {_fmt(ret.get('base_rate'))}).</p>
 {''.join(sections)}

@@ -23,6 +23,7 @@ from raymedia.data.vocab import Vocab
 from raymedia.features import day_start_us
 
 COLD_USERS = [900_001, 900_002, 900_003]
+HEAVY_USERS = [800_001, 800_002, 800_003, 800_004]      # 150 distinct items each, history_len 20
 
 
 def _cfg(root, *extra):
@@ -47,6 +48,18 @@ def nights(tmp_path_factory, ray_session):
         "user_id": pa.array(COLD_USERS, pa.int64()), "item_id": pa.array([1, 2, 3], pa.int64()),
         "event": ["impression"] * 3, "ts": pa.array([ts] * 3, schema.TS_TYPE),
         "dwell_s": pa.array([None] * 3, pa.float32())}), f"{root}/events/dt={d2}/part-browsers.parquet")
+    # four users who played 150 distinct items each, 15 a day over days 0-9 of the world
+    items = read.read_catalog(f"{root}/catalog")["item_id"].to_numpy()
+    rng = np.random.default_rng(5)
+    for u in HEAVY_USERS:
+        picks = rng.choice(items, 150, replace=False)
+        for i in range(10):
+            day = gen.start + dt.timedelta(days=i)
+            ts = [dt.datetime.combine(day, dt.time(8, j), dt.timezone.utc) for j in range(15)]
+            pq.write_table(pa.table({
+                "user_id": pa.array([u] * 15, pa.int64()), "item_id": pa.array(picks[15 * i:15 * i + 15]),
+                "event": ["play"] * 15, "ts": pa.array(ts, schema.TS_TYPE),
+                "dwell_s": pa.array([60.0] * 15, pa.float32())}), f"{root}/events/dt={day}/part-heavy-{u}.parquet")
 
     cfg = _cfg(root)
     r1 = pipeline.run_day(cfg, d1)                                   # trains, builds the state
@@ -95,6 +108,32 @@ def test_incremental_state_and_outputs_equal_a_rebuild_from_scratch(nights):
         assert inc.num_rows == full.num_rows > 300
         assert _sorted(inc) == _sorted(full), table
     assert r.counts["users_scored"] == nights["runs"][2].counts["users_scored"]
+
+
+def test_nothing_seen_in_the_window_is_recommended_to_users_with_long_histories(nights):
+    """Users with 150 distinct items and history_len 20: none of the items they played in the
+    look-back window is ever recommended, on the rebuild night and the incremental ones (the
+    model input alone would mask only their last 21)."""
+    cfg, root = nights["cfg"], nights["root"]
+    events = pa.concat_tables([pq.read_table(f"{root}/events/{p}/part-heavy-{u}.parquet")
+                               for p in sorted(os.listdir(f"{root}/events")) for u in HEAVY_USERS])
+    ts = events["ts"].cast(pa.int64()).to_numpy()
+    masked_some = False
+    for day in nights["days"]:
+        recs = storage.read_committed(cfg.output.uri, day, "recommendations").to_pylist()
+        top = {r["user_id"]: r["items"] for r in recs}
+        all_recommended = {i for r in recs for i in r["items"]}
+        lo, hi = day_start_us(day - dt.timedelta(days=cfg.data.lookback_days)), day_start_us(day)
+        for u in HEAVY_USERS:
+            mine = events.filter(pa.array((events["user_id"].to_numpy() == u) & (ts >= lo) & (ts < hi)))
+            seen = set(mine["item_id"].to_pylist())
+            assert len(seen) > 4 * (cfg.data.history_len + 1)
+            assert len(top[u]) == cfg.score.top_k and not seen & set(top[u]), (day, u)
+            masked_some |= bool(seen & all_recommended)      # items others get, masked for u
+    assert masked_some
+    st = storage.read_committed(cfg.output.uri, nights["days"][2], "user_state")
+    heavy = st.filter(pc.is_in(st["user_id"], pa.array(HEAVY_USERS))).to_pylist()
+    assert all(len(r["item_ids"]) == cfg.data.history_len + 1 and len(r["seen_ids"]) > 60 for r in heavy)
 
 
 def _new_items(cfg, model_uri: str, day: dt.date) -> set:

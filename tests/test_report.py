@@ -14,7 +14,7 @@ import pytest
 from raymedia import cli
 from raymedia.evaluate import SCHEMA_VERSION
 
-RANKERS = {"sequence", "two_tower", "popularity", "own_history", "most_frequent", "item_knn"}
+RANKERS = {"sequence", "two_tower", "popularity", "own_history", "most_frequent", "item_knn", "als", "ease"}
 PLOTS = ["metrics", "history_length", "calibration", "training", "popularity"]
 
 
@@ -55,6 +55,10 @@ def test_evaluate_prints_every_model_and_baseline_and_writes_metrics(evaluated, 
     ret = m["return"]
     assert 0 <= ret["ece"] <= 1 and sum(b["count"] for b in ret["bins"]) == ret["users"]
     assert set(m["training"]) == {"sequence", "two_tower"} and all(m["training"].values())
+    assert set(m["baseline_fits"]) == {"als", "ease"} and all(f["seconds"] >= 0 for f in m["baseline_fits"].values())
+    assert re.search(r"^baselines: als fitted in [\d.]+s; ease fitted in [\d.]+s$", printed, re.M), printed
+    with open(os.path.join(out, "report.html")) as f:
+        assert "Strong baselines (same users, same masks): als: fitted in" in f.read()
 
 
 def test_report_renders_every_plot_in_headless_chromium(evaluated):

@@ -47,6 +47,27 @@ def test_merging_one_day_into_yesterdays_state_equals_a_rebuild_of_the_window():
         assert current.num_rows == expected.num_rows > 0
         assert current.to_pylist() == expected.to_pylist(), f"day {d}"
     assert max(len(r) for r in current["item_ids"].to_pylist()) == N
+    assert max(len(r) for r in current["seen_ids"].to_pylist()) > N      # the seen set is not cut
+
+
+def test_seen_set_holds_every_item_of_the_window_older_than_the_last_n():
+    """Against a plain-Python reference over every user and night of the merge: the state's
+    last N plus its seen set are exactly the items of the window, each seen set sorted, once,
+    with the last day of the item outside the last N."""
+    rng = np.random.default_rng(5)
+    days = {d: _events(rng, d) for d in range(100, 108)}
+    for d in range(103, 109):
+        st = _rebuild(days, d)
+        window = pa.concat_tables([days[k] for k in range(d - LOOKBACK, d)]).to_pylist()
+        for row in st.to_pylist():
+            mine = [e for e in window if e["user_id"] == row["user_id"]
+                    and e["event"] != EVENT_CODE["impression"]]
+            assert set(row["item_ids"]) | set(row["seen_ids"]) == {e["item_id"] for e in mine}
+            assert row["seen_ids"] == sorted(set(row["seen_ids"]))
+            tail_start = min(row["ts"]) if row["ts"] else None
+            for item, day in zip(row["seen_ids"], row["seen_days"]):
+                older = [e["ts"] // DAY for e in mine if e["item_id"] == item and e["ts"] < tail_start]
+                assert day == max(older)
 
 
 def test_state_block_by_hand():
@@ -67,8 +88,11 @@ def test_state_block_by_hand():
     assert out[0]["ts"] == [10, 40, DAY - 1, DAY + 5]
     assert out[0]["dwell_s"] == [3.0, 4.0, 5.0, 6.0]
     assert out[0]["days"] == [0, 1] and out[0]["counts"] == [3, 1] and out[0]["last_day"] == 1
+    assert out[0]["seen_ids"] == [] and out[0]["seen_days"] == []
     assert out[1] == {"user_id": 2, "item_ids": [], "events": [], "ts": [], "dwell_s": [],
-                      "days": [], "counts": [], "last_day": 0}
+                      "days": [], "counts": [], "last_day": 0, "seen_ids": [], "seen_days": []}
+    short = state.state_block(state.log_rows(ev), n=2).to_pylist()[0]
+    assert short["item_ids"] == [8, 8] and short["seen_ids"] == [7] and short["seen_days"] == [0]
 
 
 def test_histories_use_the_models_vocabulary_and_count_every_interaction():
@@ -83,6 +107,10 @@ def test_histories_use_the_models_vocabulary_and_count_every_interaction():
     h = state.to_histories(st, vocab, n=2).to_pylist()[0]
     assert h["items"] == [2, 3]               # "zz" is unknown to the model; last 2 known kept
     assert h["ts"] == [3, 4] and h["n_events"] == 4
+    assert h["seen"] == []                    # the last 2 of the state (n=10) are all there is
+    st = state.state_block(state.log_rows(ev), n=1)            # "a", "zz", "b" fall out of the last 1
+    assert state.to_histories(st, vocab, n=1).to_pylist()[0]["seen"] == [1, 2]   # "zz" unknown
+    assert state.to_histories(st, vocab, n=1, seen_from=1).to_pylist()[0]["seen"] == []   # horizon
 
 
 def test_user_state_on_ray_matches_a_pandas_reference(ray_session, tmp_path):
@@ -111,3 +139,4 @@ def test_user_state_on_ray_matches_a_pandas_reference(ray_session, tmp_path):
                   if i == 0 or x != items[i - 1] or code[i] <= code[i - 1] or days[i] != days[i - 1]]
         row = got[got.user_id == uid].iloc[0]
         assert list(row["item_ids"]) == merged[-8:] and sum(row["counts"]) == len(merged)
+        assert list(row["seen_ids"]) == sorted(set(merged[:-8]))

@@ -2,9 +2,12 @@
 
 The *user state of day D* holds, for every user active in the window
 ``[D - lookback, D)``, their last N interactions (item id, event, time, dwell),
-their interaction count per day of the window and the last day they were seen
-(impressions count as being seen). It keeps item *ids*, not vocabulary indices,
-so it survives retraining and new items.
+their interaction count per day of the window, the last day they were seen
+(impressions count as being seen) and the *seen set*: every other item they
+interacted with in the window (older than the last N), sorted by id, each once,
+with the last day they did (``seen_ids``, ``seen_days``), so that scoring can
+exclude everything a user has seen, not only the model's input. It keeps item
+*ids*, not vocabulary indices, so it survives retraining and new items.
 
 Two ways to build it, equal row for row:
 
@@ -15,11 +18,13 @@ Two ways to build it, equal row for row:
 They agree because interactions never span midnight (a viewing is merged from
 consecutive rows on one item with rising engagement, within one UTC day), the
 last N of a window are inside the last N of the previous window plus the new
-day, and day counts, not truncated lists, give the event counts.
+day, day counts, not truncated lists, give the event counts, and an item's last
+day before the last N is the larger of its carried one (dropped once outside the
+window) and that of today's interactions pushed out of the last N.
 
 Rows flow through one schema (``LOG_SCHEMA``): ``kind`` says whether a row is a
-new event, a carried interaction, a carried day count or a carried last-seen
-day. All of a user's rows meet in one block after a hash shuffle on
+new event, a carried interaction, a carried day count, a carried last-seen
+day or a carried seen item. All of a user's rows meet in one block after a hash shuffle on
 ``user_id`` (the guarantee Ray's own ``map_groups`` relies on); each block is
 then one vectorised pass, not one Python call per user.
 
@@ -41,7 +46,8 @@ from raymedia.data.vocab import Vocab
 from raymedia.schema import EVENT_CODE
 
 US_PER_DAY = 86_400_000_000
-NEW, CARRIED, DAY_COUNT, LAST_SEEN = range(4)
+NEW, CARRIED, DAY_COUNT, LAST_SEEN, SEEN = range(5)
+FORMAT = 2          # state layout version: 2 added the seen set (older states are rebuilt)
 IMPRESSION = EVENT_CODE["impression"]
 
 
@@ -55,7 +61,8 @@ def state_schema(user_type: pa.DataType, item_type: pa.DataType) -> pa.Schema:
     return pa.schema([("user_id", user_type), ("item_ids", pa.list_(item_type)),
                       ("events", pa.list_(pa.int8())), ("ts", pa.list_(pa.int64())),
                       ("dwell_s", pa.list_(pa.float32())), ("days", pa.list_(pa.int32())),
-                      ("counts", pa.list_(pa.int32())), ("last_day", pa.int32())])
+                      ("counts", pa.list_(pa.int32())), ("last_day", pa.int32()),
+                      ("seen_ids", pa.list_(item_type)), ("seen_days", pa.list_(pa.int32()))])
 
 
 def epoch_day(ts_us) -> np.ndarray:
@@ -88,7 +95,7 @@ def log_rows(events: pa.Table) -> pa.Table:
 
 
 def carried_rows(state: pa.Table, first_day: int) -> pa.Table:
-    """Yesterday's state -> CARRIED / DAY_COUNT / LAST_SEEN log rows still inside the window."""
+    """Yesterday's state -> CARRIED / DAY_COUNT / LAST_SEEN / SEEN log rows still inside the window."""
     user_t = state.schema.field("user_id").type
     item_t = state.schema.field("item_ids").type.value_type
     parts = []
@@ -121,13 +128,21 @@ def carried_rows(state: pa.Table, first_day: int) -> pa.Table:
     keep = last >= first_day
     parts.append(_meta_rows(state["user_id"].filter(pa.array(keep)), last[keep],
                             np.zeros(keep.sum(), np.int32), LAST_SEEN, item_t))
+    owner, _ = flat("seen_ids")
+    days = pc.list_flatten(state["seen_days"]).to_numpy()
+    keep = days >= first_day
+    parts.append(_meta_rows(state["user_id"].take(pa.array(owner[keep])), days[keep],
+                            np.zeros(keep.sum(), np.int32), SEEN, item_t,
+                            pc.list_flatten(state["seen_ids"]).filter(pa.array(keep))))
     return pa.concat_tables(parts)
 
 
-def _meta_rows(users, days: np.ndarray, counts: np.ndarray, kind: int, item_t: pa.DataType) -> pa.Table:
+def _meta_rows(users, days: np.ndarray, counts: np.ndarray, kind: int, item_t: pa.DataType,
+               items: pa.Array | None = None) -> pa.Table:
     n = len(days)
     return pa.table({
-        "user_id": users, "item_id": pa.nulls(n, item_t), "event": pa.array(np.zeros(n, np.int8)),
+        "user_id": users, "item_id": pa.nulls(n, item_t) if items is None else items,
+        "event": pa.array(np.zeros(n, np.int8)),
         "ts": pa.array(np.zeros(n, np.int64)), "dwell_s": pa.array(np.zeros(n, np.float32)),
         "day": pa.array(days.astype(np.int32)), "kind": pa.array(np.full(n, kind, np.int8)),
         "pos": pa.array(np.zeros(n, np.int32)), "count": pa.array(counts.astype(np.int32)),
@@ -168,10 +183,20 @@ def state_block(block: pa.Table, n: int) -> pa.Table:
     last = block.group_by("user_id", use_threads=False).aggregate([("day", "max")])
     last = pa.table({"user_id": last["user_id"], "last_day": last["day_max"]})
 
-    tail = _last_n(runs, n)
+    in_tail = _from_end(runs) <= n
+    tail = runs.filter(pa.array(in_tail))
     lists = _group_lists(tail.rename_columns(
         ["item_ids" if c == "item_id" else "events" if c == "event" else c for c in tail.column_names]),
         ["item_ids", "events", "ts", "dwell_s"])
+    # the seen set: items of interactions older than the last n (today's and carried ones),
+    # each with the last day it was seen
+    older = pa.concat_tables([runs.filter(pa.array(~in_tail)).select(["user_id", "item_id", "day"]),
+                              block.filter(pc.equal(block["kind"], SEEN)).select(["user_id", "item_id", "day"])])
+    older = older.group_by(["user_id", "item_id"], use_threads=False).aggregate([("day", "max")])
+    older = pa.table({"user_id": older["user_id"], "seen_ids": older["item_id"],
+                      "seen_days": older["day_max"]}).sort_by([("user_id", "ascending"),
+                                                               ("seen_ids", "ascending")])
+    seen = _group_lists(older, ["seen_ids", "seen_days"])
 
     last = last.sort_by("user_id")
     users = last["user_id"].combine_chunks()
@@ -181,7 +206,7 @@ def state_block(block: pa.Table, n: int) -> pa.Table:
         if f.name in ("user_id", "last_day"):
             col = last[f.name].combine_chunks()
         else:       # users without interactions (only impressions) get empty lists
-            src = lists if f.name in lists.column_names else counts
+            src = next(t for t in (lists, counts, seen) if f.name in t.column_names)
             at = pc.index_in(users, value_set=src["user_id"].combine_chunks())
             col = src[f.name].combine_chunks().take(at)
             col = pc.if_else(pc.is_null(at), pa.scalar([], f.type), col)
@@ -219,17 +244,16 @@ def _merge_runs(inter: pa.Table) -> pa.Table:
                            pa.array(np.add.reduceat(dwell, starts).astype(np.float32)))
 
 
-def _last_n(runs: pa.Table, n: int) -> pa.Table:
-    """The last ``n`` rows of each user (rows sorted by user, then time)."""
+def _from_end(runs: pa.Table) -> np.ndarray:
+    """Per row, its place from the end of its user's rows (1 = last; rows sorted by user, then time)."""
     if runs.num_rows == 0:
-        return runs
+        return np.zeros(0, dtype=np.int64)
     users = runs["user_id"].combine_chunks()
     change = np.ones(runs.num_rows, dtype=bool)
     change[1:] = pc.not_equal(users[1:], users[:-1]).to_numpy(zero_copy_only=False)
     group = np.cumsum(change) - 1
     ends = np.append(np.flatnonzero(change)[1:], runs.num_rows)
-    from_end = ends[group] - np.arange(runs.num_rows)
-    return runs.filter(pa.array(from_end <= n))
+    return ends[group] - np.arange(runs.num_rows)
 
 
 def build(rows: ray.data.Dataset, n: int, partitions: int) -> ray.data.Dataset:
@@ -238,9 +262,11 @@ def build(rows: ray.data.Dataset, n: int, partitions: int) -> ray.data.Dataset:
         state_block, batch_size=None, batch_format="pyarrow", fn_kwargs={"n": n})
 
 
-def to_histories(state: pa.Table, vocab: Vocab, n: int) -> pa.Table:
+def to_histories(state: pa.Table, vocab: Vocab, n: int, seen_from: int = 0) -> pa.Table:
     """State rows -> model histories: items as ``vocab`` indices (unknown items dropped),
-    the last ``n`` known ones, and ``n_events`` = interactions in the window."""
+    the last ``n`` known ones, ``n_events`` = interactions in the window, and ``seen``: the
+    known items of the seen set last seen on epoch day ``seen_from`` or later (the history's
+    own items are seen too; ``features`` adds them)."""
     ids = state["item_ids"].combine_chunks()
     lengths = pc.list_value_length(ids).to_numpy(zero_copy_only=False).astype(np.int64)
     owner = np.repeat(np.arange(state.num_rows), lengths)
@@ -263,7 +289,19 @@ def to_histories(state: pa.Table, vocab: Vocab, n: int) -> pa.Table:
         "items": pa.ListArray.from_arrays(offsets, pa.array(idx[kept])),
         "events": col("events"), "ts": col("ts"), "dwell_s": col("dwell_s"),
         "n_events": pa.array(_list_sums(state["counts"])),
+        "seen": _seen_indices(state, vocab, seen_from),
     })
+
+
+def _seen_indices(state: pa.Table, vocab: Vocab, seen_from: int) -> pa.ListArray:
+    """The seen set as ``vocab`` indices: unknown items and those seen before ``seen_from`` dropped."""
+    ids = state["seen_ids"].combine_chunks()
+    lengths = pc.list_value_length(ids).to_numpy(zero_copy_only=False).astype(np.int64)
+    owner = np.repeat(np.arange(state.num_rows), lengths)
+    idx = vocab.lookup(pc.list_flatten(ids))
+    keep = (idx > 0) & (pc.list_flatten(state["seen_days"]).to_numpy() >= seen_from)
+    offsets = np.concatenate([[0], np.cumsum(np.bincount(owner[keep], minlength=state.num_rows))])
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(idx[keep]))
 
 
 def _list_sums(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
