@@ -310,11 +310,11 @@ def rank(scores: Scores, target: torch.Tensor, negatives: torch.Tensor, k: int, 
             return
         lo, hi = s - bound.unsqueeze(1), s + bound.unsqueeze(1)
         count.add_((lo > t.unsqueeze(1)).sum(1))
-        r, c = torch.nonzero((lo <= t.unsqueeze(1)) & (hi >= t.unsqueeze(1)) & torch.isfinite(s),
-                             as_tuple=True)
-        if len(r):
-            above = score_keys(scores.exact(r, c + start), c + start) > tkey[r]
-            count.add_(torch.bincount(r[above], minlength=B))
+        near, item = torch.nonzero((lo <= t.unsqueeze(1)) & (hi >= t.unsqueeze(1)) & torch.isfinite(s),
+                                   as_tuple=True)
+        if len(near):           # within the bound of the target: compare exact keys
+            above = score_keys(scores.exact(near, item + start), item + start) > tkey[near]
+            count.add_(torch.bincount(near[above], minlength=B))
 
     top_scores, top = _scan(scores, k, chunk, seen, blocked, on_chunk)
     masked = t == float("-inf")
