@@ -164,8 +164,8 @@ def test_written_scores_are_the_recommenders_own_top_k_dot_products(trained_run,
         s = scorer.user_vectors(recommender, x).double() @ scorer.items[recommender].double().T
         s[:, 0] = float("-inf")
         s.scatter_(1, x["seen"], float("-inf"))           # every history item is excluded
-    assert (x["seen"] > 0).sum(1).tolist() == lengths.tolist()
         want = torch.topk(s, cfg.score.top_k, dim=1)
+    assert (x["seen"] > 0).sum(1).tolist() == lengths.tolist()
     assert out["user_id"].to_pylist() == list(range(48))
     got_idx = [scorer.vocab.lookup(pa.array(items)).tolist() for items in out["items"].to_pylist()]
     assert got_idx == want.indices.tolist()
