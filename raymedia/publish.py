@@ -247,7 +247,7 @@ def values(recs: pa.Table, preds: pa.Table | None, dt_: str) -> list[tuple[int, 
     pred_cols: dict[str, list] = {}
     if preds is not None:           # per-user predictions, matched by user id (None if absent)
         import pyarrow.compute as pc
-        at = pc.index_in(recs["user_id"], value_set=preds["user_id"])
+        at = pc.index_in(recs["user_id"], value_set=preds["user_id"].combine_chunks())
         pred_cols = {n: preds[n].take(at).to_pylist() for n in preds.column_names
                      if n not in ("user_id", "model_version")}
     out = []
