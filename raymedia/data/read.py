@@ -17,7 +17,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
-from ray.data.datasource import Partitioning
 
 from raymedia import schema, storage
 from raymedia.data import state
@@ -44,13 +43,18 @@ def event_partitions(events_uri: str, days: list[dt.date], allow_none: bool = Fa
     return found
 
 
+def data_files(partitions: list[str]) -> list[str]:
+    """The data files of the partitions (markers such as ``_SUCCESS`` and hidden files left out)."""
+    return [f for p in partitions for f in storage.list_files(p) if not f.rsplit("/", 1)[1].startswith(("_", "."))]
+
+
 def preflight(partitions: list[str]) -> list[str]:
     """Fail fast on structurally broken input: every file's footer is read on the driver.
 
     Returns the files. A corrupt Parquet file or one missing a required column
     raises ContractError naming the file (and the column) before any work starts.
     """
-    files = [f for p in partitions for f in storage.list_files(p) if not f.rsplit("/", 1)[1].startswith(("_", "."))]
+    files = data_files(partitions)
 
     def check(uri: str) -> pa.Schema:
         fs, path = storage.resolve(uri)
@@ -66,12 +70,39 @@ def preflight(partitions: list[str]) -> list[str]:
     return files
 
 
+FILES_PER_TASK = 64      # small day files read one after another by one task
+MAX_READ_TASKS = 256     # large reads: at most this many tasks, each a run of files
+
+
+def file_groups(files: list[str], files_per_task: int = FILES_PER_TASK,
+                max_tasks: int = MAX_READ_TASKS) -> list[list[str]]:
+    """Files in order, cut into runs of at least ``files_per_task`` files (fewer
+    tasks than ``max_tasks``): years of day partitions become a bounded number of
+    read tasks instead of a task, or a thread, per file."""
+    if not files:
+        return []
+    per = max(files_per_task, -(-len(files) // max_tasks))
+    return [files[i:i + per] for i in range(0, len(files), per)]
+
+
+def _read_group(batch: pa.Table, base: str) -> pa.Table:
+    """One read task: its files read one after another with pyarrow, ``dt`` from each path."""
+    tables = []
+    for uri in batch["files"][0].as_py():
+        fs, path = storage.resolve(uri)
+        t = pq.read_table(path, filesystem=fs)
+        day = path[len(base):].strip("/").split("/", 1)[0].removeprefix("dt=")
+        tables.append(t.append_column("dt", pa.array([day] * t.num_rows, pa.string())))
+    return pa.concat_tables(tables, promote_options="permissive")
+
+
 def read_events(events_uri: str, partitions: list[str]) -> ray.data.Dataset:
     """Read exactly the given day partitions (never lists days outside them), with ``dt``."""
-    fs, base = storage.resolve(events_uri)
-    return ray.data.read_parquet(
-        [storage.resolve(p)[1] for p in partitions], filesystem=fs,
-        partitioning=Partitioning("hive", base_dir=base, field_types={"dt": str}))
+    _, base = storage.resolve(events_uri)
+    groups = file_groups(data_files(partitions))
+    return ray.data.from_items([{"files": g} for g in groups],
+                               override_num_blocks=max(1, len(groups))).map_batches(
+        _read_group, batch_size=1, batch_format="pyarrow", fn_kwargs={"base": base.rstrip("/")})
 
 
 def read_catalog(catalog_uri: str) -> pa.Table:
