@@ -24,6 +24,7 @@ from raymedia import storage
 
 log = logging.getLogger(__name__)
 KINDS = {"sequence": "sequence", "two-tower": "two_tower", "two_tower": "two_tower"}
+TRIAL_CPU = 0.01        # Tune needs a non-empty request for the trial's driver process
 
 
 def search_space(kind: str) -> dict:
@@ -101,14 +102,15 @@ def tune(events_uri: str, kind: str, budget: int, out: str, catalog_uri: str | N
     storage.check_writable(out, "--out")
     inputs = pipeline.prepare(cfg, day, storage.new_run_id(), {})
     inputs.vocab.popularity = read.item_counts(inputs.histories, inputs.vocab.size, holdout_last=True)
-    per_trial = cfg.train.num_workers * cfg.train.cpus_per_worker
+    # a trial's own process is a light driver (TRIAL_CPU); its Ray Train workers hold the CPUs
+    per_trial = cfg.train.num_workers * cfg.train.cpus_per_worker + TRIAL_CPU
     parallel = max(1, int(ray.cluster_resources().get("CPU", 1) // per_trial))
     fs, path = storage.resolve(storage.join(out, "_tune"))
     fs.create_dir(path, recursive=True)
     tuner = rtune.Tuner(
         rtune.with_resources(rtune.with_parameters(
             _trial, base=cfg.to_dict(), kind=kind, histories=inputs.histories.materialize(),
-            vocab=inputs.vocab, day=day, models_uri=storage.join(out, "trials")), {"CPU": 0}),
+            vocab=inputs.vocab, day=day, models_uri=storage.join(out, "trials")), {"CPU": TRIAL_CPU}),
         param_space=search_space(kind),
         tune_config=rtune.TuneConfig(
             metric="val_ndcg", mode="max", num_samples=budget, max_concurrent_trials=parallel,
