@@ -12,6 +12,7 @@ checkpointing excluded, the first epoch too: warm-up); "waiting for data" = the 
 the step loop spent in ``iter_torch_batches``. Throughput figures are the sum over workers.
 
     python benchmarks/training.py --users 20000 --items 2000
+    python benchmarks/training.py --loss-kernel --items 9742     # the softmax loss alone, no Ray
 """
 
 from __future__ import annotations
@@ -70,6 +71,32 @@ def ray_train(kind: str, overrides: list[str], inputs, day, workers: int, n: int
     return n * len(hist) / seconds, wait / seconds
 
 
+def loss_kernel(items: int, positions: int, dim: int, threads: int, repeats: int = 5) -> str:
+    """Seconds per forward + backward of the full-softmax loss: one logits matrix vs row chunks."""
+    import torch.nn.functional as F
+
+    from raymedia.models.sequence import LOGITS_PER_CHUNK, chunked_cross_entropy
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    h = torch.randn(positions, dim, requires_grad=True)
+    w = torch.randn(items + 1, dim, requires_grad=True)
+    target = torch.randint(0, items, (positions,))
+    kernels = {"full logits matrix (F.cross_entropy)": lambda: F.cross_entropy(h @ w[1:].T, target),
+               f"row chunks ({LOGITS_PER_CHUNK // items} rows, chunked_cross_entropy)":
+                   lambda: chunked_cross_entropy(h, w[1:], target)}
+    lines = [f"softmax loss, {positions:,} positions x {items:,} items x dim {dim}, {threads} thread(s), "
+             f"best of {repeats}", "", "| kernel | s per step | positions/s | logits held |", "|---|---:|---:|---:|"]
+    for name, fn in kernels.items():
+        best = float("inf")
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn().backward()
+            best = min(best, time.perf_counter() - t0)
+        held = positions if name.startswith("full") else LOGITS_PER_CHUNK // items
+        lines.append(f"| {name} | {best:.3f} | {positions / best:,.0f} | {held * items * 4 / 2**20:,.0f} MiB |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--users", type=int, default=20000)
@@ -79,7 +106,15 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--model", default="both", choices=["sequence", "two_tower", "both"])
     p.add_argument("--no-record", action="store_true")
+    p.add_argument("--loss-kernel", action="store_true", help="time only the softmax loss kernels")
+    p.add_argument("--positions", type=int, default=6400, help="--loss-kernel: positions per step")
     args = p.parse_args()
+    if args.loss_kernel:
+        text = "\n\n".join(loss_kernel(args.items, args.positions, 64, t) for t in (1, 2))
+        print(text)
+        if not args.no_record:
+            record("Training: the softmax loss kernel", text)
+        return
 
     work = tempfile.mkdtemp(prefix="raymedia-train-bench-")
     overrides = [

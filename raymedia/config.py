@@ -80,9 +80,12 @@ class SequenceConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = _f(8, lo=1)
-    batch_size: int = _f(64, lo=1, doc="sequences per step; small data needs many steps")
-    lr: float = _f(3e-3, gt=0.0)
+    epochs: int = _f(200, lo=1, doc="epoch budget: the most epochs a full retrain runs; early "
+                                    "stopping (patience) and time_budget_s usually end it sooner")
+    time_budget_s: float = _f(0.0, lo=0.0, doc="seconds of training per model (0: no limit); the "
+                                               "epoch that crosses it is the last")
+    batch_size: int = _f(128, lo=1, doc="sequences per step")
+    lr: float = _f(1e-3, gt=0.0)
     weight_decay: float = _f(1e-4, lo=0.0)
     num_workers: int = _f(1, lo=1, doc="Ray Train workers (DDP ranks)")
     cpus_per_worker: float = _f(1.0, gt=0.0, doc="CPUs per training worker (fractions share a CPU; "
@@ -95,10 +98,13 @@ class TrainConfig:
                     "auto: warm, but full once the last full retrain is full_every_days old")
     full_every_days: int = _f(7, lo=1, doc="auto schedule: days between full retrains")
     warm_epochs: int = _f(2, lo=1, doc="epochs of a warm start")
-    patience: int = _f(3, lo=0, doc="early stopping: stop after this many epochs without a better "
-                                     "validation NDCG@10 and keep the best epoch's weights (0: off)")
+    patience: int = _f(10, lo=0, doc="early stopping: stop after this many epochs without a better "
+                                      "validation NDCG@10 and keep the best epoch's weights (0: off)")
+    val_share: float = _f(1.0, gt=0.0, hi=1.0, doc="share of users whose second-to-last event is held "
+                                                   "out as the validation target (a fixed hash sample)")
     lr_schedule: Literal["cosine", "constant"] = _f(
-        "cosine", doc="cosine: linear warm-up, then cosine decay to 0.1 x lr over the epochs")
+        "cosine", doc="cosine: linear warm-up, then cosine decay to 0.1 x lr over the epoch or "
+                      "time budget, whichever runs out first")
     warmup_steps: int = _f(50, lo=0, doc="optimizer steps of linear learning-rate warm-up")
 
 

@@ -7,8 +7,9 @@ is needed and the last event sits at ``length - 1``.
 Three modes share one layout:
 - ``train``: inputs are the history without its last two events, targets are
   inputs shifted by one, so the last event (the leave-last-out test item) is
-  never seen; for 1 in 10 users (``validation_users``) the last target (the
-  second-to-last event) is held out too, as ``val_target``, for early stopping.
+  never seen; for a share of users (``validation_users``; all by default) the
+  last target (the second-to-last event) is held out too, as ``val_target``, for
+  early stopping.
 - ``eval``: inputs are the history without its last event; ``target`` is it.
 - ``score``: inputs are the whole history (recommend what comes next).
 
@@ -36,7 +37,7 @@ NUM_TIME_BUCKETS = 16
 NUM_DWELL_BUCKETS = 16
 US_PER_HOUR = 3_600_000_000
 RETURN_EVAL_SHARE = 5   # 1 in 5 users is held out of the return head's training for its AUC
-VALIDATION_SHARE = 10   # 1 in 10 users gives its second-to-last event as validation target
+VALIDATION_SHARE = 1.0  # default share of users whose second-to-last event is the validation target
 
 Mode = Literal["train", "eval", "score"]
 MIN_EVENTS = {"train": 3, "eval": 2, "score": 1}   # events a history needs for each mode
@@ -71,10 +72,10 @@ def return_eval_users(user_ids: pa.Array) -> np.ndarray:
     return (_user_hash(user_ids) % RETURN_EVAL_SHARE) == 0
 
 
-def validation_users(user_ids: pa.Array) -> np.ndarray:
-    """Deterministic user split: True for the validation users of early stopping
-    (disjoint from the return head's evaluation users)."""
-    return (_user_hash(user_ids) % VALIDATION_SHARE) == 1
+def validation_users(user_ids: pa.Array, share: float = VALIDATION_SHARE) -> np.ndarray:
+    """Deterministic user sample: True for the validation users of early stopping, about
+    ``share`` of them (drawn independently of the return head's evaluation users)."""
+    return (_user_hash(user_ids) // RETURN_EVAL_SHARE) % 10_000 < round(share * 10_000)
 
 
 def _window(flat: np.ndarray, starts: np.ndarray, ends: np.ndarray, width: int) -> np.ndarray:
@@ -112,7 +113,7 @@ def _seen(batch: pa.Table, items: np.ndarray, off: np.ndarray, ends: np.ndarray)
 
 
 def model_inputs(batch: pa.Table, mode: Mode, max_len: int, asof_us: int,
-                 horizon_us: int) -> dict[str, np.ndarray]:
+                 horizon_us: int, val_share: float = VALIDATION_SHARE) -> dict[str, np.ndarray]:
     """Model input arrays for history rows long enough for the mode (see module doc)."""
     items, off = _flat(batch["items"])
     events, _ = _flat(batch["events"])
@@ -144,7 +145,7 @@ def model_inputs(batch: pa.Table, mode: Mode, max_len: int, asof_us: int,
         out["targets"][out["items"] == 0] = 0
         # Validation users keep their last training target (the second-to-last event)
         # out of training: it is the early-stopping target, ranked from the state before it.
-        val = validation_users(batch["user_id"].combine_chunks()) & (length >= 2)
+        val = validation_users(batch["user_id"].combine_chunks(), val_share) & (length >= 2)
         rows = np.flatnonzero(val)
         out["val_target"] = np.zeros(len(length), dtype=np.int64)
         out["val_target"][rows] = out["targets"][rows, length[rows] - 1]
@@ -172,8 +173,8 @@ def model_inputs(batch: pa.Table, mode: Mode, max_len: int, asof_us: int,
 
 
 def batch_inputs(batch: pa.Table, mode: Mode, max_len: int, asof_us: int, horizon_us: int,
-                 ) -> tuple[pa.Table, dict[str, np.ndarray]]:
+                 val_share: float = VALIDATION_SHARE) -> tuple[pa.Table, dict[str, np.ndarray]]:
     """(the rows kept for this mode, their model inputs)."""
     n = pc.list_value_length(batch["items"]).to_numpy(zero_copy_only=False)
     kept = batch.filter(pa.array(n >= MIN_EVENTS[mode]))
-    return kept, model_inputs(kept, mode, max_len, asof_us, horizon_us)
+    return kept, model_inputs(kept, mode, max_len, asof_us, horizon_us, val_share)

@@ -11,9 +11,13 @@ shard (``features.validation_users``: each one's second-to-last event, held out 
 training) over all items; NDCG@10 is summed across ranks, so every rank takes the
 same decision. The checkpoint's weights are the best epoch's (the current ones go
 to ``current.pt`` for resuming); training stops after ``train.patience`` epochs
-without improvement. Learning rate: linear warm-up over ``train.warmup_steps``
-steps (at most a quarter of an epoch), then cosine decay to 0.1 x lr over the epochs (``train.lr_schedule``).
-Seeds are fixed per rank and epoch (``train.seed``), so figures repeat.
+without improvement, at the epoch budget (``train.epochs``) or once
+``train.time_budget_s`` seconds of training are spent, whichever comes first.
+Learning rate: linear warm-up over ``train.warmup_steps`` steps (at most a
+quarter of an epoch), then cosine decay to 0.1 x lr over the epoch or time budget
+(``train.lr_schedule``). Rank 0 logs one line per epoch. Seeds are fixed per rank
+and epoch (``train.seed``), so figures repeat (a time budget ends them where the
+machine's speed says).
 """
 
 from __future__ import annotations
@@ -76,6 +80,16 @@ def validate(model: torch.nn.Module, shard, batch_size: int, device, exclude_see
     return total, count
 
 
+def log_epoch(kind: str, h: dict, epochs: int, history: list[dict]) -> None:
+    """One line per epoch: loss, validation NDCG@10, seconds, the best epoch so far."""
+    best = next((b for b in history if b["epoch"] == h["best_epoch"]), None)
+    val = "-" if h["val_ndcg"] is None else f"{h['val_ndcg']:.4f}"
+    print(f"{kind} epoch {h['epoch'] + 1}/{epochs}: loss {h['loss']:.4f}, validation NDCG@{VAL_K} "
+          f"{val} on {h['val_users']} users, {h['seconds']:.1f}s "
+          f"({h['samples'] / max(h['seconds'], 1e-9):.0f} samples/s); best "
+          + (f"{best['val_ndcg']:.4f} at epoch {best['epoch'] + 1}" if best else "-"), flush=True)
+
+
 def _all_sum(values: list[float], device) -> list[float]:
     import torch.distributed as tdist
     if not (tdist.is_available() and tdist.is_initialized()):
@@ -95,7 +109,8 @@ def training_rows(histories: ray.data.Dataset, cfg: Config, asof_us: int) -> ray
     """History rows -> padded training sequences (last event held out for evaluation)."""
     def rows(batch: pa.Table) -> dict[str, np.ndarray]:
         x = features.batch_inputs(batch, "train", cfg.data.history_len, asof_us,
-                                  cfg.data.return_horizon_days * 86_400_000_000)[1]
+                                  cfg.data.return_horizon_days * 86_400_000_000,
+                                  cfg.train.val_share)[1]
         if cfg.score.exclude_seen:
             x["targets"] = novel_targets(x["items"], x["targets"])
         return x
@@ -147,15 +162,16 @@ def _loop(config: dict) -> None:
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
     shard = ray.train.get_dataset_shard("train")
-    epochs, patience = config["epochs"], config["patience"]
+    epochs, patience, budget = config["epochs"], config["patience"], config["time_budget_s"]
     # warm-up never longer than a quarter of an epoch (small data sets have few steps)
     warmup = min(config["warmup_steps"], max(1, config["steps_per_epoch"] // 4))
     step = sum(h["batches"] for h in history)
     scored = [h for h in history if h.get("val_ndcg") is not None]
     best_epoch = max(scored, key=lambda h: h["val_ndcg"])["epoch"] if scored else None
+    spent = sum(h["seconds"] for h in history)      # training seconds, across resumes
     for epoch in range(start, epochs):
         model.train()
-        t0, wait, losses = time.perf_counter(), 0.0, []
+        t0, wait, losses, samples = time.perf_counter(), 0.0, [], 0
         per_epoch = history[-1]["batches"] if history else 0
         t_fetch = time.perf_counter()
         for i, batch in enumerate(shard.iter_torch_batches(
@@ -164,6 +180,8 @@ def _loop(config: dict) -> None:
                 local_shuffle_seed=config["seed"] + epoch)):
             wait += time.perf_counter() - t_fetch
             progress = (epoch + (min(i / per_epoch, 1.0) if per_epoch else 0.0)) / epochs
+            if budget:
+                progress = max(progress, (spent + time.perf_counter() - t0) / budget)
             lr = config["lr"] * lr_factor(step, progress, warmup, config["lr_schedule"])
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -174,8 +192,10 @@ def _loop(config: dict) -> None:
             opt.step()
             step += 1
             losses.append(float(out["loss"].detach()))
+            samples += len(batch["items"])
             t_fetch = time.perf_counter()
         elapsed = time.perf_counter() - t0
+        spent += elapsed
         total, count = _all_sum(list(validate(inner, shard, 8 * config["batch_size"], device,
                                               config["exclude_seen"])), device)
         val = total / count if count else None
@@ -187,11 +207,14 @@ def _loop(config: dict) -> None:
             best_epoch = epoch
         metrics = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
                    "first_batch_loss": losses[0] if losses else float("nan"),
-                   "batches": len(losses), "seconds": elapsed, "data_wait_s": wait,
+                   "batches": len(losses), "samples": samples, "seconds": elapsed, "data_wait_s": wait,
                    "lr": opt.param_groups[0]["lr"], "val_ndcg": val, "val_users": int(count),
                    "best_epoch": best_epoch}
         history.append(metrics)
-        stop = (patience > 0 and best_epoch is not None and epoch - best_epoch >= patience)
+        stop = (patience > 0 and best_epoch is not None and epoch - best_epoch >= patience) \
+            or bool(budget and spent >= budget)
+        if rank == 0:
+            log_epoch(meta["kind"], metrics, epochs, history)
         with tempfile.TemporaryDirectory() as d:
             ckpt = None
             if rank == 0:
@@ -209,11 +232,12 @@ def _loop(config: dict) -> None:
 
 
 def train(kind: str, cfg: Config, histories: ray.data.Dataset, vocab: Vocab, asof: dt.date,
-          version: str, parent: str | None = None) -> str:
+          version: str, parent: str | None = None, callbacks: list | None = None) -> str:
     """Train one model on the histories; returns the published model URI.
 
     With ``parent`` (a published model of the same kind whose vocabulary
     ``vocab`` extends) training warm-starts from it for ``train.warm_epochs``.
+    ``callbacks`` are Ray Train callbacks (``raymedia tune`` passes Tune's reporter).
     """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -241,6 +265,7 @@ def train(kind: str, cfg: Config, histories: ray.data.Dataset, vocab: Vocab, aso
             "epochs": cfg.train.warm_epochs if parent else cfg.train.epochs,
             "batch_size": cfg.train.batch_size, "lr": cfg.train.lr,
             "weight_decay": cfg.train.weight_decay, "seed": cfg.train.seed,
+            "time_budget_s": 0.0 if parent else cfg.train.time_budget_s,
             "threads": max(1, int(cfg.train.cpus_per_worker)), "patience": cfg.train.patience,
             "lr_schedule": cfg.train.lr_schedule, "warmup_steps": cfg.train.warmup_steps,
             "exclude_seen": cfg.score.exclude_seen,
@@ -254,15 +279,12 @@ def train(kind: str, cfg: Config, histories: ray.data.Dataset, vocab: Vocab, aso
             storage_filesystem=None if storage.is_local(train_root) else fs,
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             failure_config=FailureConfig(max_failures=2),
-            logging_config=LoggingConfig(log_level="WARNING")),
+            logging_config=LoggingConfig(log_level="WARNING"), callbacks=callbacks),
     )
-    log.info("training %s (%d worker(s), gpu=%s, %d epochs)", kind, cfg.train.num_workers, gpu,
-             cfg.train.epochs)
+    log.info("training %s (%d worker(s), gpu=%s, at most %d epochs%s)", kind, cfg.train.num_workers,
+             gpu, cfg.train.warm_epochs if parent else cfg.train.epochs,
+             f" or {cfg.train.time_budget_s:g}s" if cfg.train.time_budget_s and not parent else "")
     result = trainer.fit()
-    for h in result.metrics_dataframe.to_dict("records") if result.metrics_dataframe is not None else []:
-        log.info("%s epoch %d: loss %.4f, validation NDCG@%d %s (%.1fs, %.1fs waiting for data)", kind,
-                 h["epoch"], h["loss"], VAL_K, f"{h['val_ndcg']:.4f}" if h.get("val_ndcg") == h.get("val_ndcg")
-                 and h.get("val_ndcg") is not None else "-", h["seconds"], h["data_wait_s"])
     if result.checkpoint is None:
         raise RuntimeError(f"training {kind} produced no checkpoint: {result.error}")
     with result.checkpoint.as_directory() as d:

@@ -69,3 +69,27 @@ def test_import_then_run_from_the_cli(tmp_path, ray_session, capsys):
     assert main(["show", f"{out}/scores", "--dt", summary["next_day"], "--limit", "3"]) == 0
     shown = capsys.readouterr().out
     assert "generation=1" in shown and "'recommendations': 150" in shown
+
+
+def test_a_multi_year_log_is_one_file_per_day_read_by_a_bounded_number_of_tasks(tmp_path, ray_session):
+    from raymedia.data import read
+    start = 1_500_000_000                       # 2017-07-14; 400 days, 3 ratings a day
+    rows = [(u, 100 + (d * 3 + u) % 50, 1 + (d + u) % 5, start + d * 86_400 + u * 60)
+            for d in range(400) for u in range(1, 4)]
+    (tmp_path / "ratings.csv").write_text(
+        "userId,movieId,rating,timestamp\n" + "".join(f"{u},{i},{r}.0,{t}\n" for u, i, r, t in rows))
+    s = import_events("movielens", str(tmp_path / "ratings.csv"), str(tmp_path / "out"))
+    days = [dt.date.fromisoformat(s.first_day) + dt.timedelta(days=i)
+            for i in range((dt.date.fromisoformat(s.last_day) - dt.date.fromisoformat(s.first_day)).days + 1)]
+    files = list(read.preflight(read.event_partitions(s.events_uri, days)).files)
+    assert len(files) == len(days) == 400                     # the contract's minimum: one per day
+    groups = read.file_groups(files)
+    assert [len(g) for g in groups] == [64] * 6 + [16] and sum(groups, []) == files
+    assert [len(g) for g in read.file_groups(files, 8, 3)] == [134, 134, 132]   # at most 3 tasks
+    events = read.read_events(s.events_uri, read.event_partitions(s.events_uri, days))
+    events = events.materialize()
+    assert events.num_blocks() <= len(groups)
+    got = sorted(events.take_all(), key=lambda r: r["ts"])
+    assert [(r["user_id"], r["item_id"], int(r["ts"].timestamp())) for r in got] == \
+        [(u, i, t) for u, i, _, t in sorted(rows, key=lambda r: r[3])]
+    assert [r["dt"] for r in got] == [r["ts"].date().isoformat() for r in got]

@@ -34,11 +34,12 @@ def _histories(n_users: int, length: int) -> pa.Table:
                      "n_events": [length] * n_users})
 
 
-def test_validation_users_hold_out_their_second_to_last_event():
+@pytest.mark.parametrize("share, lo, hi", [(0.1, 10, 35), (1.0, 200, 200)])
+def test_validation_users_hold_out_their_second_to_last_event(share, lo, hi):
     table = _histories(200, 5)
-    _, x = features.batch_inputs(table, "train", 8, DAY_US * 20, DAY_US * 7)
-    val = features.validation_users(table["user_id"].combine_chunks())
-    assert 10 < val.sum() < 35                                   # about 1 in 10
+    _, x = features.batch_inputs(table, "train", 8, DAY_US * 20, DAY_US * 7, share)
+    val = features.validation_users(table["user_id"].combine_chunks(), share)
+    assert lo <= val.sum() <= hi                                 # train.val_share of the users
     items = np.array(table["items"].to_pylist())
     # everyone: inputs are the first 3 events; the last event (test) is never a target
     assert (x["length"] == 3).all() and not (x["targets"] == items[:, 4:5]).any()
@@ -46,8 +47,31 @@ def test_validation_users_hold_out_their_second_to_last_event():
     assert (x["val_target"][val] == items[val, 3]).all()
     assert (x["targets"][val, 2] == 0).all() and (x["targets"][val, :2] == items[val, 1:3]).all()
     assert (x["val_target"][~val] == 0).all() and (x["targets"][~val, 2] == items[~val, 3]).all()
-    # and they are not the return head's evaluation users
-    assert not (val & features.return_eval_users(table["user_id"].combine_chunks())).any()
+
+
+def test_a_validation_sample_is_drawn_independently_of_the_return_evaluation_users():
+    ids = _histories(2000, 3)["user_id"].combine_chunks()
+    val, held = features.validation_users(ids, 0.5), features.return_eval_users(ids)
+    assert 0.4 < val[held].mean() < 0.6 and 0.4 < val[~held].mean() < 0.6
+    assert (features.validation_users(ids, 0.2) <= val).all()          # samples are nested
+
+
+def test_chunked_cross_entropy_equals_the_full_one_in_value_and_gradient():
+    import torch
+    import torch.nn.functional as F
+
+    from raymedia.models.sequence import _ChunkedCrossEntropy
+    torch.manual_seed(0)
+    h = torch.randn(300, 16, requires_grad=True)
+    w = torch.randn(1001, 16, requires_grad=True)
+    target = torch.randint(0, 1000, (300,))
+    full = F.cross_entropy(h @ w[1:].T, target)
+    full_grads = torch.autograd.grad(full, (h, w))
+    for chunk in (1, 7, 300, 1000):          # chunk sizes that do and do not divide the rows
+        loss = _ChunkedCrossEntropy.apply(h, w[1:], target, chunk)
+        grads = torch.autograd.grad(loss, (h, w))
+        assert torch.allclose(loss, full, rtol=1e-6, atol=1e-6)
+        assert all(torch.allclose(g, f, rtol=1e-5, atol=1e-7) for g, f in zip(grads, full_grads))
 
 
 def test_dwell_time_is_a_bucketed_input():

@@ -19,7 +19,6 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import ray
-from ray.data.datasource import Partitioning
 
 from raymedia import schema, storage
 from raymedia.data import state
@@ -114,15 +113,46 @@ def preflight(partitions: list[str]) -> EventFiles:
     return EventFiles(tuple(partitions), tuple(files), schema.read_schema(schemas))
 
 
+FILES_PER_TASK = 64      # small day files read one after another by one task
+MAX_READ_TASKS = 256     # large reads: at most this many tasks, each a run of files
+
+
+def file_groups(files: list[str] | tuple[str, ...], files_per_task: int = FILES_PER_TASK,
+                max_tasks: int = MAX_READ_TASKS) -> list[list[str]]:
+    """Files in order, cut into runs of at least ``files_per_task`` files (fewer
+    tasks than ``max_tasks``): years of day partitions become a bounded number of
+    read tasks instead of a task, or a thread, per file."""
+    files = list(files)
+    if not files:
+        return []
+    per = max(files_per_task, -(-len(files) // max_tasks))
+    return [files[i:i + per] for i in range(0, len(files), per)]
+
+
+def _read_group(batch: pa.Table, base: str, read_schema: pa.Schema) -> pa.Table:
+    """One read task: its files read one after another with pyarrow, each cast to the
+    run's read schema, ``dt`` from each path."""
+    tables = []
+    for uri in batch["files"][0].as_py():
+        fs, path = storage.resolve(uri)
+        present = set(pq.read_schema(path, filesystem=fs).names)
+        t = pq.read_table(path, filesystem=fs, columns=[c for c in read_schema.names if c in present])
+        t = schema.conform(t, read_schema, uri)
+        day = path[len(base):].strip("/").split("/", 1)[0].removeprefix("dt=")
+        tables.append(t.append_column("dt", pa.array([day] * t.num_rows, pa.string())))
+    return pa.concat_tables(tables)
+
+
 def read_events(events_uri: str, partitions: list[str], files: EventFiles | None = None) -> ray.data.Dataset:
     """Read exactly the given day partitions (never lists days outside them), with ``dt``:
     the files ``preflight`` found (run here unless given), each cast to one schema."""
     files = files if files is not None else preflight(partitions)
-    fs, base = storage.resolve(events_uri)
-    return ray.data.read_parquet(
-        [storage.resolve(f)[1] for f in files.files], filesystem=fs, file_extensions=None,
-        schema=files.schema, columns=files.schema.names,
-        partitioning=Partitioning("hive", base_dir=base, field_types={"dt": str}))
+    _, base = storage.resolve(events_uri)
+    groups = file_groups(files.files)
+    return ray.data.from_items([{"files": g} for g in groups],
+                               override_num_blocks=max(1, len(groups))).map_batches(
+        _read_group, batch_size=1, batch_format="pyarrow",
+        fn_kwargs={"base": base.rstrip("/"), "read_schema": files.schema})
 
 
 def read_catalog(catalog_uri: str) -> pa.Table:

@@ -7,7 +7,8 @@ the last event before the cutoff, together with how long ago it was.
 
 Next-item loss (``loss``):
 - ``softmax``: full softmax cross-entropy over every item (SASRec+); exact, costs
-  positions x items per step.
+  positions x items per step, computed in row chunks (``chunked_cross_entropy``) so
+  the positions x items logits never exist at once.
 - ``sampled``: sampled softmax over the positive and ``num_negatives`` items shared
   by the batch, drawn by popularity, logQ-corrected (scores minus log q), accidental
   hits removed; for large catalogs.
@@ -28,6 +29,46 @@ from torch import nn
 from raymedia.features import NUM_DWELL_BUCKETS, NUM_TIME_BUCKETS
 from raymedia.models.two_tower import TwoTowerModel
 from raymedia.schema import NUM_EVENT_CODES
+
+
+LOGITS_PER_CHUNK = 1 << 22     # logits (float32: 16 MiB) the chunked cross-entropy holds at once
+
+
+class _ChunkedCrossEntropy(torch.autograd.Function):
+    """Mean softmax cross-entropy of ``h @ w.T`` against ``target``, a chunk of rows at a
+    time: forward keeps only each row's log-sum-exp, backward recomputes the chunk's
+    logits. Memory is chunk x items instead of rows x items, for the same gradient."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, w: torch.Tensor, target: torch.Tensor, chunk: int) -> torch.Tensor:
+        lse = torch.empty(len(h), dtype=torch.float32, device=h.device)
+        total = torch.zeros((), dtype=torch.float64, device=h.device)
+        for i in range(0, len(h), chunk):
+            logits = (h[i:i + chunk] @ w.T).float()
+            lse[i:i + chunk] = torch.logsumexp(logits, 1)
+            picked = logits.gather(1, target[i:i + chunk, None]).squeeze(1)
+            total += (lse[i:i + chunk] - picked).double().sum()
+        ctx.save_for_backward(h, w, target, lse)
+        ctx.chunk = chunk
+        return (total / max(len(h), 1)).to(h.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        h, w, target, lse = ctx.saved_tensors
+        scale = grad / max(len(h), 1)
+        gh, gw = torch.empty_like(h), torch.zeros_like(w)
+        for i in range(0, len(h), ctx.chunk):
+            p = torch.exp((h[i:i + ctx.chunk] @ w.T).float() - lse[i:i + ctx.chunk, None])
+            p.scatter_add_(1, target[i:i + ctx.chunk, None], torch.full_like(p[:, :1], -1.0))
+            p = (p * scale).to(h.dtype)
+            gh[i:i + ctx.chunk] = p @ w
+            gw += p.T @ h[i:i + ctx.chunk]
+        return gh, gw, None, None
+
+
+def chunked_cross_entropy(h: torch.Tensor, w: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``F.cross_entropy(h @ w.T, target)`` without the full logits matrix in memory."""
+    return _ChunkedCrossEntropy.apply(h, w, target, max(1, LOGITS_PER_CHUNK // max(len(w), 1)))
 
 
 class SequenceModel(nn.Module):
@@ -108,7 +149,7 @@ class SequenceModel(nn.Module):
         """Next-item loss of states ``hv`` (N, d) whose next items are ``pos`` (N,)."""
         w = self.item_emb.weight
         if self.loss == "softmax":
-            return F.cross_entropy(hv @ w[1:].T, pos - 1)
+            return chunked_cross_entropy(hv, w[1:], pos - 1)
         n_items = w.shape[0] - 1
         if self.loss == "sampled":
             neg = torch.multinomial(self.sample_prob, self.num_negatives, replacement=True)
