@@ -112,14 +112,16 @@ def test_every_batching_position_and_thread_count_gives_the_same_bits(setup, rec
 
 
 def test_two_runs_of_a_day_with_other_batch_sizes_and_actor_counts_write_the_same_rows(trained_run):
-    """Real Ray, the session's trained models: batch size 256 x 1 actor vs 37 x 2 actors."""
+    """Real Ray, the session's trained models: batch size 256 x 1 actor vs 37 x 2 actors
+    (half a CPU each, so reads and writes still find a CPU on the 2-CPU test cluster)."""
     from conftest import small_config
     from raymedia import pipeline, storage
     root, day = trained_run["root"], trained_run["day"]
     outputs = {}
-    for name, batch, actors in (("a", 256, 1), ("b", 37, 2)):
+    for name, batch, actors, cpus in (("a", 256, 1, 1), ("b", 37, 2, 0.5)):
         cfg = small_config(root, "eval.enabled=false", f"score.batch_size={batch}",
-                           f"score.concurrency={actors}", f"output.uri={root}/invariance-{name}")
+                           f"score.concurrency={actors}", f"score.num_cpus={cpus}",
+                           f"output.uri={root}/invariance-{name}")
         pipeline.run_day(cfg, day, train_models=False)
         outputs[name] = {t: storage.read_committed(cfg.output.uri, day, t).sort_by("user_id")
                          for t in ("recommendations", "predictions")}

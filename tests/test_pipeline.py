@@ -4,6 +4,7 @@ score -> commit -> evaluate, and what a user of the outputs would check."""
 from __future__ import annotations
 
 import dataclasses
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -13,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from raymedia import checkpoint, features, pipeline, storage
+from raymedia import checkpoint, features, pipeline, ranking, storage
 from raymedia.score import HeapTrimmer, Scorer
 
 
@@ -160,11 +161,12 @@ def test_written_scores_are_the_recommenders_own_top_k_dot_products(trained_run,
     out = scorer(batch)
     _, x = scorer.inputs(batch, "score")
     with torch.inference_mode():
-        # in float64: the scorer's scores are exact float32 roundings of these
-        s = scorer.user_vectors(recommender, x).double() @ scorer.items[recommender].double().T
+        # in float64, rounded once: the scorer's exact scores; float32 ties to the lower index
+        s = (scorer.user_vectors(recommender, x).double() @ scorer.items[recommender].double().T).float()
         s[:, 0] = float("-inf")
         s.scatter_(1, x["seen"], float("-inf"))           # every history item is excluded
-        want = torch.topk(s, cfg.score.top_k, dim=1)
+        values, indices = ranking.decode_keys(torch.topk(ranking.score_keys(s, 0), cfg.score.top_k, dim=1).values)
+        want = SimpleNamespace(values=values, indices=indices)
     assert (x["seen"] > 0).sum(1).tolist() == lengths.tolist()
     assert out["user_id"].to_pylist() == list(range(48))
     got_idx = [scorer.vocab.lookup(pa.array(items)).tolist() for items in out["items"].to_pylist()]
