@@ -223,7 +223,7 @@ def _parse_ts(col: pa.ChunkedArray | pa.Array, source: str) -> tuple[pa.Array, p
     if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
         import pandas as pd
         parsed = pd.to_datetime(col.to_pandas(), utc=True, errors="coerce", format="ISO8601")
-        ts = pa.array(parsed, TS_TYPE)
+        ts = pa.array(parsed).cast(TS_TYPE, safe=False)     # text may carry nanoseconds: truncated
         return ts, pc.and_(pc.is_valid(col), pc.is_null(ts))
     raise ContractError(f"{source}: column 'ts' of type {col.type} is not a timestamp or an ISO-8601 string")
 

@@ -104,9 +104,9 @@ def _foreign_files(folder: str, base: dt.datetime, items: list[int]) -> None:
     timestamps, dictionary-encoded columns, unsigned and 32-bit ids; plus a _SUCCESS marker."""
     at = [base + dt.timedelta(hours=20, minutes=k, microseconds=7) for k in range(3)]
 
-    def rows(user: int, ts, **types) -> pa.Table:
-        return pa.table({"user_id": pa.array([user] * 3, types.get("user", pa.int64())),
-                         "item_id": pa.array(items, types.get("item", pa.int64())),
+    def rows(user: int, ts, user_type=pa.int64(), item_type=pa.int64()) -> pa.Table:
+        return pa.table({"user_id": pa.array([user] * 3, user_type),
+                         "item_id": pa.array(items, item_type),
                          "event": pa.array(["play", "like", "complete"]), "ts": ts,
                          "dwell_s": pa.array([5.0, None, 7.0], pa.float64())})
     pq.write_table(rows(FOREIGN["hive_name"], pa.array(at, schema.TS_TYPE)), f"{folder}/000000_0")
@@ -120,7 +120,7 @@ def _foreign_files(folder: str, base: dt.datetime, items: list[int]) -> None:
     t = rows(FOREIGN["dictionary"], pa.array(at, schema.TS_TYPE))
     pq.write_table(t.set_column(2, "event", t["event"].dictionary_encode())
                    .set_column(0, "user_id", t["user_id"].dictionary_encode()), f"{folder}/part-zz-dict.parquet")
-    pq.write_table(rows(FOREIGN["uint64_int32"], pa.array(at, schema.TS_TYPE), user=pa.uint64(), item=pa.int32()),
+    pq.write_table(rows(FOREIGN["uint64_int32"], pa.array(at, schema.TS_TYPE), pa.uint64(), pa.int32()),
                    f"{folder}/part-zz-uint.parquet")
     open(f"{folder}/_SUCCESS", "wb").close()
 
