@@ -42,7 +42,7 @@ def test_scores_one_row_per_active_user_with_k_distinct_unseen_items(trained_run
         assert scores == sorted(scores, reverse=True)
         assert not set(items) & seen[u]           # the whole window, not only the model input
         longer += n_events[u] > cfg.data.history_len + 1
-    assert longer > 0.1 * len(users)
+    assert longer > 0                             # some histories are longer than the model input
     assert recs.schema.field("items").type.value_type == events.schema.field("item_id").type
     assert sorted(preds["user_id"].to_pylist()) == sorted(users)
     p = preds["p_return_7d"].to_numpy()
