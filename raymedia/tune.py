@@ -102,9 +102,10 @@ def tune(events_uri: str, kind: str, budget: int, out: str, catalog_uri: str | N
     storage.check_writable(out, "--out")
     inputs = pipeline.prepare(cfg, day, storage.new_run_id(), {})
     inputs.vocab.popularity = read.item_counts(inputs.histories, inputs.vocab.size, holdout_last=True)
-    # a trial's own process is a light driver (TRIAL_CPU); its Ray Train workers hold the CPUs
+    # a trial's own process is a light driver (TRIAL_CPU); its Ray Train workers hold the CPUs;
+    # one CPU stays free for the Ray Data tasks that feed every trial's workers
     per_trial = cfg.train.num_workers * cfg.train.cpus_per_worker + TRIAL_CPU
-    parallel = max(1, int(ray.cluster_resources().get("CPU", 1) // per_trial))
+    parallel = max(1, int((ray.cluster_resources().get("CPU", 2) - 1) // per_trial))
     fs, path = storage.resolve(storage.join(out, "_tune"))
     fs.create_dir(path, recursive=True)
     tuner = rtune.Tuner(

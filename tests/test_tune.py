@@ -19,7 +19,9 @@ def tiny_world(tmp_path_factory, ray_session):
 
 def test_a_tiny_search_writes_the_best_trials_config_as_yaml(tiny_world, tmp_path, capsys):
     out = tmp_path / "tune"
-    sets = ["data.history_len=10", "train.epochs=2", "train.patience=0", "ray.progress_bars=false"]
+    # half a CPU per trial's worker: on 2 CPUs the Ray Data tasks feeding it need the rest
+    sets = ["data.history_len=10", "train.epochs=2", "train.patience=0", "train.cpus_per_worker=0.5",
+            "ray.progress_bars=false"]
     assert main(["tune", "--events", f"{tiny_world}/events", "--model", "sequence", "--budget", "2",
                  "--out", str(out), *[a for s in sets for a in ("--set", s)]]) == 0
     printed = capsys.readouterr().out
@@ -34,7 +36,7 @@ def test_a_tiny_search_writes_the_best_trials_config_as_yaml(tiny_world, tmp_pat
         assert getattr(getattr(best, section), name) == pytest.approx(value)
     assert 3e-4 <= best.train.lr <= 3e-3 and best.sequence.layers in (1, 2, 3)
     # the user's own --set values are kept; the search's working paths are not
-    assert (best.data.history_len, best.train.epochs) == (10, 2)
+    assert (best.data.history_len, best.train.epochs, best.train.cpus_per_worker) == (10, 2, 0.5)
     assert best.data.events_uri == config.Config().data.events_uri
     assert f"best config: {storage.join(str(out), 'best.yaml')}" in printed
 
