@@ -12,7 +12,7 @@ TORCH  ?= torch==2.13.0
 IMAGE ?= raymedia:0.1.0
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow bench install clean image
+.PHONY: demo test test-slow bench install clean image redis
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,11 +28,17 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/raymedia demo
 
-test: install
+# the publish tests run a real Redis: Debian's redis-server, installed here when missing
+redis:
+	@command -v redis-server >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	  && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; } \
+	  || { echo "redis-server is missing and could not be installed: apt-get install redis-server"; exit 1; }
+
+test: install redis
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # fault tests that take minutes each (training worker kill, S3 down for good, ...)
-test-slow: install
+test-slow: install redis
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 $(VENV)/.bench: $(VENV)/.installed
