@@ -16,7 +16,9 @@ def test_model_inputs_layouts_and_return_label():
                      "ts": [[0, 1 * H, 10 * day, 12 * day], [0, 2 * day], [5 * day]],
                      "n_events": pa.array([4, 2, 1], pa.int32())})
     asof, horizon = 14 * day, 7 * day
-    kept, x = batch_inputs(hist, "train", 4, asof, horizon)
+    kept, x = batch_inputs(hist, "train", 4, asof, horizon)      # every user validates (default)
+    assert x["items"][0].tolist() == [4, 5, 0, 0] and x["targets"][0].tolist() == [5, 0, 0, 0]
+    kept, x = batch_inputs(hist, "train", 4, asof, horizon, val_share=0.0)   # no validation users
     assert kept["user_id"].to_pylist() == [1]
     assert x["items"][0].tolist() == [4, 5, 0, 0] and x["targets"][0].tolist() == [5, 6, 0, 0]
     assert x["gaps"][0].tolist() == [1, int(time_bucket(np.array([H]))[0]), 0, 0]

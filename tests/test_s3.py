@@ -35,7 +35,7 @@ def test_pipeline_end_to_end_on_s3(ray_session, s3):
         assert checkpoint.load(uri).meta["kind"] == kind
     assert fs.ls("raymedia/e2e/models/_ray_train")          # Ray Train's own checkpoints on S3
     assert set(result.metrics["models"]) == {"two_tower", "sequence", "popularity", "own_history",
-                                             "most_frequent", "item_knn"}
+                                             "most_frequent", "item_knn", "als", "ease"}
     commit = storage.read_commit(cfg.output.uri, day)
     assert all(f.startswith(f"run={result.run_id}/") for fs_ in commit.files.values() for f in fs_)
     assert set(storage.list_files(storage.join(storage.partition(cfg.output.uri, day),
