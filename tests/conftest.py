@@ -62,7 +62,7 @@ def small_overrides(root: str, *extra: str) -> list[str]:
             "data.lookback_days=14", "data.history_len=30", "train.epochs=6", "train.batch_size=32",
             # the tests' tiny worlds train a few epochs: the faster rate of the old recipe, and
             # early stopping on 1 user in 10 (the defaults are set for real logs)
-            "train.lr=3e-3", "train.val_share=0.1",
+            "train.lr=0.003", "train.val_share=0.1",
             "score.top_k=20", "score.batch_size=256", "ray.progress_bars=false", *extra]
 
 
