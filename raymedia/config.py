@@ -216,6 +216,8 @@ def _check(value: Any, tp: Any, name: str) -> Any:
             raise ConfigError(f"{name} is out of range (|value| < 2**63), got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and re.fullmatch(r"\s*[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+\s*", value):
+            value = float(value)            # YAML 1.1 reads 3e-3 (no dot) as text
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{name} must be a number, got {value!r}")
         if not math.isfinite(value):

@@ -97,3 +97,8 @@ def test_a_huge_config_file_is_refused(tmp_path):
     f.write_text("# " + "x" * (2 << 20) + "\n")
     with pytest.raises(ConfigError, match="a config is at most 1048576"):
         config.load(str(f))
+
+
+def test_exponent_notation_without_a_dot_is_a_number():
+    from raymedia import config
+    assert config.load(None, ["train.lr=3e-3"]).train.lr == 0.003
