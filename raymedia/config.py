@@ -40,9 +40,9 @@ URI_FIELDS = ("data.events_uri", "data.catalog_uri", "output.uri", "output.model
 class DataConfig:
     events_uri: str = _f("out/demo/events", doc="root of the dt=YYYY-MM-DD event partitions")
     catalog_uri: str = _f("out/demo/catalog", doc="item catalog (Parquet file or directory)")
-    lookback_days: int = _f(28, lo=1, hi=3660, doc="days of logs before the run date that are read")
+    lookback_days: int = _f(28, lo=1, hi=36600, doc="days of logs before the run date that are read")
     history_len: int = _f(50, lo=2, hi=4096, doc="events per user kept as model input")
-    seen_days: int = _f(0, lo=0, hi=3660, doc="score.exclude_seen masks the items a user interacted with in "
+    seen_days: int = _f(0, lo=0, hi=36600, doc="score.exclude_seen masks the items a user interacted with in "
                                               "the last seen_days days (0: the whole look-back window), "
                                               "plus the model input")
     return_horizon_days: int = _f(7, lo=1, hi=366, doc="horizon of the return prediction")

@@ -30,7 +30,7 @@ def test_yaml_then_overrides(tmp_path):
      "two_tower.last_items (8) must be <= data.history_len (4)"),
     (["train.models=two_tower,knn"], "train.models has unknown model(s) ['knn']"),
     (["nonsense"], "must look like section.field=value"),
-    (["data.lookback_days=1000000"], "data.lookback_days must be <= 3660, got 1000000"),
+    (["data.lookback_days=1000000"], "data.lookback_days must be <= 36600, got 1000000"),
     (["train.epochs=99999999999999999999"], "train.epochs is out of range (|value| < 2**63)"),
     (["data=5", "data.lookback_days=3"], "override 'data.lookback_days': data is not a section"),
     (["output.gc_grace_minutes=0"], "output.gc_grace_minutes must be >= 1.0, got 0.0"),
