@@ -350,18 +350,21 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def load_raw(path: str) -> dict:
+    """The mapping a YAML config file holds (only what it sets)."""
+    from raymedia import storage
+    data = _yaml(storage.read_bytes(path), path)
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections "
+                          f"(data:, train:, ...), got a {type(data).__name__}")
+    return data
+
+
 def load(path: str | None = None, overrides: list[str] | None = None) -> Config:
     """Config from an optional YAML file plus overrides; defaults for the rest."""
-    data: dict = {}
-    if path:
-        from raymedia import storage
-        data = _yaml(storage.read_bytes(path), path)
-        if data is None:
-            data = {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections "
-                              f"(data:, train:, ...), got a {type(data).__name__}")
-    return from_dict(apply_overrides(data, overrides or []))
+    return from_dict(apply_overrides(load_raw(path) if path else {}, overrides or []))
 
 
 def dump(cfg: Config) -> str:

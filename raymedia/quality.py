@@ -11,10 +11,17 @@ Protocols:
   ranked on their first interaction of day T from that whole history. Users new on T and
   items new on T cannot be ranked by anyone and are counted, not evaluated.
 Nothing is committed: the run's working files (user state, rejects) are removed.
+
+History length: unless the config or an override sets ``data.history_len``, it comes
+from the data (``history_len_from``): the 90th percentile of the users' interaction
+counts, between 20 and 200, so a movie log with a median user of 70 ratings is not cut
+to the last 50, while attention (quadratic in the length) stays affordable. With
+``checkpoint_uri`` it is the model's own.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import math
@@ -27,6 +34,7 @@ from raymedia import config as config_mod
 
 log = logging.getLogger(__name__)
 PROTOCOLS = ("leave-last-out", "temporal")
+AUTO_LEN = (20, 200, 90)       # history_len from the data: lowest, highest, percentile
 KINDS = {"sequence": ["sequence"], "two-tower": ["two_tower"], "two_tower": ["two_tower"],
          "all": ["two_tower", "sequence"]}
 
@@ -72,7 +80,9 @@ def run(events_uri: str, out: str, model: str = "all", exclude_seen: bool = True
         raise ValueError(f"--protocol temporal needs at least two day partitions, {events_uri} has {len(days)}")
     day = days[-1] + dt.timedelta(days=0 if temporal else 1)
     out = out.rstrip("/")
+    auto_len = not _sets_history_len(config, overrides)
     cfg = config_mod.load(config, [
+        *([f"data.history_len={AUTO_LEN[1]}"] if auto_len else []),
         f"data.events_uri={events_uri}", f"data.catalog_uri={catalog_uri or default_catalog(events_uri)}",
         f"data.lookback_days={(day - days[0]).days}", f"output.uri={out}/work",
         f"output.models_uri={out}/models", f"score.exclude_seen={str(exclude_seen).lower()}",
@@ -83,10 +93,15 @@ def run(events_uri: str, out: str, model: str = "all", exclude_seen: bool = True
         uris = {k: _model_uri(checkpoint_uri, k) for k in kinds}
         base = checkpoint.load_vocab(next(iter(uris.values())))
         inputs = pipeline.prepare(cfg, day, run_id, secs, base, learn_items=False)
+        if auto_len:
+            meta = storage.read_json(storage.join(next(iter(uris.values())), checkpoint.META))
+            cfg = _with_history_len(cfg, int(meta["max_len"]))
         inputs.vocab.popularity = read.item_counts(inputs.histories, inputs.vocab.size, holdout_last=True)
     else:
         storage.check_writable(cfg.output.models_uri, "--out")
         inputs = pipeline.prepare(cfg, day, run_id, secs)
+        if auto_len:
+            cfg = _with_history_len(cfg, history_len_from(inputs.histories))
         uris = pipeline.train_all(cfg, inputs, pipeline.TrainPlan("full", None, "raymedia evaluate"), secs)
     histories, test_info = inputs.histories, {}
     if temporal:
@@ -101,11 +116,34 @@ def run(events_uri: str, out: str, model: str = "all", exclude_seen: bool = True
     metrics["data"] = {"events_uri": storage.redact(events_uri), "days": len(days),
                        "first_day": days[0].isoformat(), "last_day": days[-1].isoformat(),
                        "items": int(inputs.vocab.size - 1)}
+    metrics["history_len"] = cfg.data.history_len
     metrics["seconds"] = secs
     storage.delete_dir(inputs.run_uri)
     storage.write_json(storage.join(out, "metrics.json"), _finite(metrics))
     storage.write_bytes(storage.join(out, "report.html"), report.render(metrics).encode())
     return metrics
+
+
+def history_len_from(histories) -> int:
+    """``AUTO_LEN``'s percentile of the users' interaction counts in the window, clipped."""
+    import numpy as np
+    lo, hi, q = AUTO_LEN
+    counts = histories.select_columns(["n_events"]).to_pandas()["n_events"].to_numpy()
+    n = int(np.clip(np.ceil(np.percentile(counts, q)), lo, hi)) if len(counts) else lo
+    log.info("history_len %d from the data (p%d of %d users' interaction counts, clipped to %d..%d)",
+             n, q, len(counts), lo, hi)
+    return n
+
+
+def _sets_history_len(config: str | None, overrides) -> bool:
+    if any(o.split("=", 1)[0].strip() == "data.history_len" for o in overrides):
+        return True
+    raw = config_mod.load_raw(config) if config else {}
+    return "history_len" in (raw.get("data") or {})
+
+
+def _with_history_len(cfg, n: int):
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, history_len=n))
 
 
 def _with_test_day_targets(histories, events_uri: str, day: dt.date, vocab):

@@ -25,13 +25,13 @@ def evaluated(trained_run, tmp_path_factory):
     cfg = trained_run["cfg"]
     argv = ["evaluate", "--events", cfg.data.events_uri, "--catalog", cfg.data.catalog_uri,
             "--model", "all", "--no-exclude-seen", "--checkpoint", cfg.output.models_uri,
-            "--out", out, "--set", f"data.history_len={cfg.data.history_len}",
-            "--set", "ray.progress_bars=false"]
+            "--out", out, "--set", "ray.progress_bars=false"]     # history_len: the models' own
     return out, argv
 
 
-def test_evaluate_prints_every_model_and_baseline_and_writes_metrics(evaluated, capsys):
+def test_evaluate_prints_every_model_and_baseline_and_writes_metrics(evaluated, trained_run, capsys):
     out, argv = evaluated
+    cfg = trained_run["cfg"]
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     for name in RANKERS:
@@ -41,6 +41,7 @@ def test_evaluate_prints_every_model_and_baseline_and_writes_metrics(evaluated, 
         m = json.load(f)          # strict JSON: no NaN
     assert m["schema_version"] == SCHEMA_VERSION and m["protocol"] == "leave-last-out"
     assert m["ranking"] == "full" and m["exclude_seen"] is False
+    assert m["history_len"] == cfg.data.history_len        # not set: taken from the checkpoint
     assert set(m["models"]) == RANKERS and set(m["baselines"]) == RANKERS - {"sequence", "two_tower"}
     for name, v in m["models"].items():
         assert set(v) == {"hr@10", "ndcg@10", "mrr", "coverage", "popularity_bias"}

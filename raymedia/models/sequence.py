@@ -71,6 +71,29 @@ def chunked_cross_entropy(h: torch.Tensor, w: torch.Tensor, target: torch.Tensor
     return _ChunkedCrossEntropy.apply(h, w, target, max(1, LOGITS_PER_CHUNK // max(len(w), 1)))
 
 
+class Block(nn.Module):
+    """Pre-LN causal self-attention block (GPT-2 / nanoGPT layout). Attention runs in
+    ``scaled_dot_product_attention`` (no attention-map dropout: on CPU drawing a mask per
+    attention weight cost more than the rest of the step); dropout sits on the residuals."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"sequence.dim ({dim}) must be a multiple of sequence.heads ({heads})")
+        self.heads = heads
+        self.ln1, self.ln2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.GELU(), nn.Linear(2 * dim, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, L, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(B, L, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        a = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = x + self.drop(self.proj(a.transpose(1, 2).reshape(B, L, d)))
+        return x + self.drop(self.mlp(self.ln2(x)))
+
+
 class SequenceModel(nn.Module):
     def __init__(self, vocab_size: int, num_categories: int, max_len: int, dim: int = 64,
                  layers: int = 2, heads: int = 2, dropout: float = 0.2,
@@ -89,9 +112,7 @@ class SequenceModel(nn.Module):
         self.gap_emb = nn.Embedding(NUM_TIME_BUCKETS, dim, padding_idx=0)
         self.dwell_emb = nn.Embedding(NUM_DWELL_BUCKETS, dim, padding_idx=0)
         self.dropout = nn.Dropout(dropout)
-        layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=2 * dim, dropout=dropout,
-                                           activation="gelu", batch_first=True, norm_first=True)
-        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.blocks = nn.ModuleList(Block(dim, heads, dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
         self.category_head = nn.Linear(dim, num_categories)
         self.recency_emb = nn.Embedding(NUM_TIME_BUCKETS, dim)
@@ -99,8 +120,6 @@ class SequenceModel(nn.Module):
         self.register_buffer("item_category",
                              item_category if item_category is not None
                              else torch.zeros(vocab_size, dtype=torch.long))
-        self.register_buffer("causal", torch.triu(torch.full((max_len, max_len), float("-inf")), 1),
-                             persistent=False)
         pop = popularity if popularity is not None else torch.ones(vocab_size)
         self.register_buffer("sample_prob", self.popularity_sampler(pop))
         nn.init.normal_(self.item_emb.weight, std=dim ** -0.5)
@@ -116,9 +135,10 @@ class SequenceModel(nn.Module):
             dwell = (items > 0).long()          # 'no dwell known'
         x = (self.item_emb(items) * math.sqrt(self.dim) + self.pos_emb(pos)
              + self.event_emb(events) + self.gap_emb(gaps) + self.dwell_emb(dwell))
-        x = x * (items > 0).unsqueeze(-1)
-        h = self.encoder(self.dropout(x), mask=self.causal[:L, :L], is_causal=True)
-        return self.norm(h)
+        x = self.dropout(x * (items > 0).unsqueeze(-1))
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
 
     @staticmethod
     def _at(h: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -172,7 +192,11 @@ class SequenceModel(nn.Module):
         return loss.mean()
 
     def forward(self, batch: dict) -> dict[str, torch.Tensor]:
-        """Joint training loss: next item + next category + return."""
+        """Joint training loss: next item + next category + return. The batch's padding
+        columns past its longest sequence are cut first (right padding: nothing before
+        them attends to them), so short sequences do not pay for the longest possible."""
+        n = int(batch["length"].max()) if len(batch["length"]) else 1
+        batch = {k: v[:, :max(n, 1)] if v.dim() == 2 else v for k, v in batch.items()}
         h = self.user_states(batch)
         targets = batch["targets"]
         valid = targets > 0
