@@ -222,7 +222,7 @@ def demo(args) -> int:
     out = args.out.rstrip("/")
     overrides = [f"data.events_uri={out}/events", f"data.catalog_uri={out}/catalog",
                  f"output.uri={out}/scores", f"output.models_uri={out}/models",
-                 f"data.lookback_days={args.days}", "train.time_budget_s=40", *args.overrides]
+                 f"data.lookback_days={args.days}", "train.epochs=6", *args.overrides]
     cfg = config_mod.load(args.config, overrides)
     pipeline.init_ray(cfg)
     gen = GeneratorConfig(users=args.users, items=args.items, days=args.days, seed=args.seed)
