@@ -68,7 +68,13 @@ def _race(root: str, day: dt.date, out: str) -> None:
     commit, the other exits 2 having removed its files."""
     procs = [subprocess.Popen(_cli(root, day, f"output.uri={out}", *FAST), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    results = [p.communicate(timeout=600) + (p.returncode,) for p in procs]
+    try:
+        results = [p.communicate(timeout=600) + (p.returncode,) for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        tails = [p.communicate()[1][-3000:] for p in procs]     # what each run was doing
+        pytest.fail(f"a run of the race did not finish in 600 s: {tails}")
     codes = sorted(r[2] for r in results)
     assert codes == [0, 2], [r[1][-2000:] for r in results]
     loser = next(r for r in results if r[2] == 2)
