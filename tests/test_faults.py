@@ -68,7 +68,13 @@ def _race(root: str, day: dt.date, out: str) -> None:
     commit, the other exits 2 having removed its files."""
     procs = [subprocess.Popen(_cli(root, day, f"output.uri={out}", *FAST), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    results = [p.communicate(timeout=600) + (p.returncode,) for p in procs]
+    try:
+        results = [p.communicate(timeout=600) + (p.returncode,) for p in procs]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        tails = [p.communicate()[1][-3000:] for p in procs]     # what each run was doing
+        pytest.fail(f"a run of the race did not finish in 600 s: {tails}")
     codes = sorted(r[2] for r in results)
     assert codes == [0, 2], [r[1][-2000:] for r in results]
     loser = next(r for r in results if r[2] == 2)
@@ -91,26 +97,32 @@ def test_two_concurrent_runs_twenty_times_in_a_row_exactly_one_commits_each_time
 
 
 def test_a_cleanup_failure_leaves_the_commit_in_place_and_exits_0(trained_run, tmp_path, capsys):
-    """A run directory that cannot be deleted (a read-only bind mount: it fails for root
-    too) is reported in the run's result; the commit stands and the command exits 0."""
+    """A run directory that cannot be deleted (as root a read-only bind mount, since root
+    ignores permissions; otherwise a directory without write permission) is reported in the
+    run's result; the commit stands and the command exits 0."""
     root, day, out = trained_run["root"], trained_run["day"], str(tmp_path / "scores")
     stuck = tmp_path / "scores" / f"dt={day}" / "run=stuck"
     stuck.mkdir(parents=True)
     (stuck / "part-0.parquet").write_bytes(b"left by a run that crashed")
     storage.write_json(storage.marker_uri(out, day, "stuck"), storage.RunMarker(
         "stuck", 0, "2026-01-01T00:00:00+00:00", "2026-01-01T00:00:00+00:00").__dict__)
-    if subprocess.run(["mount", "--bind", "-o", "ro", stuck, stuck], capture_output=True).returncode:
-        pytest.skip("needs root: the undeletable directory is a read-only bind mount")
+    if os.geteuid() == 0:
+        if subprocess.run(["mount", "--bind", "-o", "ro", stuck, stuck], capture_output=True).returncode:
+            pytest.skip("root without CAP_SYS_ADMIN: cannot make an undeletable directory")
+        error, undo = "Read-only file system", ["umount", stuck]
+    else:
+        stuck.chmod(0o555)              # its file cannot be unlinked, so it cannot be removed
+        error, undo = "Permission denied", ["chmod", "755", stuck]
     try:
         sets = small_overrides(root, f"output.uri={out}", *FAST)
         rc = main(["score", "--date", day.isoformat(), *[a for s in sets for a in ("--set", s)]])
     finally:
-        subprocess.run(["umount", stuck], check=True)
+        subprocess.run(undo, check=True)
     printed = capsys.readouterr().out
     result = json.loads(printed[printed.index("{\n"):])
     assert rc == 0
     assert len(result["cleanup"]["failed"]) == 1 and "run=stuck" in result["cleanup"]["failed"][0]
-    assert "Read-only file system" in result["cleanup"]["failed"][0]
+    assert error in result["cleanup"]["failed"][0]
     commit = storage.read_commit(out, day)
     assert commit.run_id == result["run_id"]
     _assert_one_row_per_user(out, day, commit.rows["recommendations"])
