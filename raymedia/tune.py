@@ -30,7 +30,10 @@ from raymedia import storage
 
 log = logging.getLogger(__name__)
 KINDS = {"sequence": "sequence", "two-tower": "two_tower", "two_tower": "two_tower"}
-TRIAL_CPU = 0.01        # Tune needs a non-empty request for the trial's driver process
+# The trial's own process is a light driver: it asks for no CPU (a fraction would leave
+# less than the whole CPU a Ray Data task needs, and the trial's data would never run),
+# only for a token of memory (Tune refuses an empty request).
+TRIAL_RESOURCES = {"CPU": 0, "memory": 1 << 20}
 METRIC = "val_ndcg"
 
 
@@ -86,7 +89,7 @@ def default_parallel(cfg) -> int:
     """Trials at once: each trial's Ray Train workers hold their CPUs (GPUs); one CPU stays
     free for the Ray Data tasks that feed every trial's workers."""
     res = ray.cluster_resources()
-    per_trial = cfg.train.num_workers * cfg.train.cpus_per_worker + TRIAL_CPU
+    per_trial = cfg.train.num_workers * cfg.train.cpus_per_worker
     n = int((res.get("CPU", 2) - 1) // per_trial)
     from raymedia.train import use_gpu
     if use_gpu(cfg):
@@ -144,7 +147,7 @@ def tune(events_uri: str, kind: str, budget: int, out: str, catalog_uri: str | N
     tuner = rtune.Tuner(
         rtune.with_resources(rtune.with_parameters(
             _trial, base=cfg.to_dict(), kind=kind, histories=histories,
-            vocab=inputs.vocab, day=day, models_uri=storage.join(out, "trials")), {"CPU": TRIAL_CPU}),
+            vocab=inputs.vocab, day=day, models_uri=storage.join(out, "trials")), TRIAL_RESOURCES),
         param_space=space,
         tune_config=rtune.TuneConfig(
             metric=METRIC, mode="max", num_samples=budget,
