@@ -145,6 +145,18 @@ def parser(prog: str = "raymedia") -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="where metrics.json, report.html (and models/) go")
     _config_args(e)
 
+    t = sub.add_parser("tune", help="search a model's training config with Ray Tune (ASHA) on the "
+                       "validation split; writes the best config as YAML for --config")
+    t.add_argument("--events", required=True, help="events root with dt=YYYY-MM-DD partitions (any URI)")
+    t.add_argument("--catalog", help="catalog URI (default: catalog/ next to the events root)")
+    t.add_argument("--model", required=True, choices=["sequence", "two-tower"])
+    t.add_argument("--budget", type=int, required=True, help="trials to run")
+    t.add_argument("--parallel", type=int, default=None,
+                   help="trials at once (default: as many as the cluster's CPUs allow, one CPU left "
+                        "for the data tasks)")
+    t.add_argument("--out", required=True, help="where best.yaml, trials.json and the trials go")
+    _config_args(t)
+
     c = sub.add_parser("config", help="print the resolved config")
     c.add_argument("action", choices=["show"])
     _config_args(c)
@@ -264,6 +276,18 @@ def evaluate_cmd(args) -> int:
     return 0
 
 
+def tune_cmd(args) -> int:
+    from raymedia import tune
+    r = tune.tune(args.events, args.model, args.budget, args.out, catalog_uri=args.catalog,
+                  config=args.config, overrides=args.overrides, parallel=args.parallel)
+    for t in r.trials:
+        ndcg = "-" if t.val_ndcg is None else f"{t.val_ndcg:.4f}"
+        print(f"validation NDCG@10 {ndcg} after {t.epochs} epoch(s): {t.params}"
+              + (f" (failed: {t.error})" if t.error else ""))
+    print(f"best config: {r.config_uri} (use it with --config)")
+    return 0
+
+
 def show(args) -> int:
     """A committed day: its commit, then the first rows of one table (only committed files)."""
     c = storage.read_commit(args.uri, args.dt)
@@ -318,6 +342,8 @@ def main(argv: list[str] | None = None, prog: str = "raymedia") -> int:
             return show(args)
         if args.command == "evaluate":
             return evaluate_cmd(args)
+        if args.command == "tune":
+            return tune_cmd(args)
         cfg = config_mod.load(args.config, args.overrides)
         if args.command == "config":
             print(config_mod.dump(cfg), end="")

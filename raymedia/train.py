@@ -232,11 +232,13 @@ def _loop(config: dict) -> None:
 
 
 def train(kind: str, cfg: Config, histories: ray.data.Dataset, vocab: Vocab, asof: dt.date,
-          version: str, parent: str | None = None) -> str:
+          version: str, parent: str | None = None, callbacks: list | None = None) -> str:
     """Train one model on the histories; returns the published model URI.
 
     With ``parent`` (a published model of the same kind whose vocabulary
     ``vocab`` extends) training warm-starts from it for ``train.warm_epochs``.
+    ``callbacks`` are Ray Train callbacks (``raymedia tune`` passes Tune's
+    ``TuneReportCallback``, which hands each epoch's report to the trial).
     """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -278,7 +280,7 @@ def train(kind: str, cfg: Config, histories: ray.data.Dataset, vocab: Vocab, aso
             storage_filesystem=None if storage.is_local(train_root) else fs,
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             failure_config=FailureConfig(max_failures=2),
-            logging_config=LoggingConfig(log_level="WARNING")),
+            logging_config=LoggingConfig(log_level="WARNING"), callbacks=callbacks),
     )
     log.info("training %s (%d worker(s), gpu=%s, at most %d epochs%s)", kind, cfg.train.num_workers,
              gpu, cfg.train.warm_epochs if parent else cfg.train.epochs,
