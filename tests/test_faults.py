@@ -91,6 +91,7 @@ def test_two_concurrent_runs_exactly_one_commits(trained_run, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3600)      # 20 races of about a minute each: past the suite's 900 s per test
 def test_two_concurrent_runs_twenty_times_in_a_row_exactly_one_commits_each_time(trained_run, tmp_path):
     for i in range(20):
         _race(trained_run["root"], trained_run["day"], str(tmp_path / f"scores-{i}"))
