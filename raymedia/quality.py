@@ -80,9 +80,9 @@ def run(events_uri: str, out: str, model: str = "all", exclude_seen: bool = True
         raise ValueError(f"--protocol temporal needs at least two day partitions, {events_uri} has {len(days)}")
     day = days[-1] + dt.timedelta(days=0 if temporal else 1)
     out = out.rstrip("/")
-    auto_len = not _sets_history_len(config, overrides)
+    auto_len = history_len_overrides(config, overrides)
     cfg = config_mod.load(config, [
-        *([f"data.history_len={AUTO_LEN[1]}"] if auto_len else []),
+        *auto_len,
         f"data.events_uri={events_uri}", f"data.catalog_uri={catalog_uri or default_catalog(events_uri)}",
         f"data.lookback_days={(day - days[0]).days}", f"output.uri={out}/work",
         f"output.models_uri={out}/models", f"score.exclude_seen={str(exclude_seen).lower()}",
@@ -95,13 +95,13 @@ def run(events_uri: str, out: str, model: str = "all", exclude_seen: bool = True
         inputs = pipeline.prepare(cfg, day, run_id, secs, base, learn_items=False)
         if auto_len:
             meta = storage.read_json(storage.join(next(iter(uris.values())), checkpoint.META))
-            cfg = _with_history_len(cfg, int(meta["max_len"]))
+            cfg = with_history_len(cfg, int(meta["max_len"]))
         inputs.vocab.popularity = read.item_counts(inputs.histories, inputs.vocab.size, holdout_last=True)
     else:
         storage.check_writable(cfg.output.models_uri, "--out")
         inputs = pipeline.prepare(cfg, day, run_id, secs)
         if auto_len:
-            cfg = _with_history_len(cfg, history_len_from(inputs.histories))
+            cfg = with_history_len(cfg, history_len_from(inputs.histories))
         uris = pipeline.train_all(cfg, inputs, pipeline.TrainPlan("full", None, "raymedia evaluate"), secs)
     histories, test_info = inputs.histories, {}
     if temporal:
@@ -135,14 +135,17 @@ def history_len_from(histories) -> int:
     return n
 
 
-def _sets_history_len(config: str | None, overrides) -> bool:
+def history_len_overrides(config: str | None, overrides) -> list[str]:
+    """[] when the config file or an override sets ``data.history_len``; else the override
+    that keeps ``AUTO_LEN``'s cap of events in the state, for ``history_len_from`` to choose
+    from (raymedia evaluate and raymedia tune)."""
     if any(o.split("=", 1)[0].strip() == "data.history_len" for o in overrides):
-        return True
+        return []
     raw = config_mod.load_raw(config) if config else {}
-    return "history_len" in (raw.get("data") or {})
+    return [] if "history_len" in (raw.get("data") or {}) else [f"data.history_len={AUTO_LEN[1]}"]
 
 
-def _with_history_len(cfg, n: int):
+def with_history_len(cfg, n: int):
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, history_len=n))
 
 

@@ -130,15 +130,15 @@ def tune(events_uri: str, kind: str, budget: int, out: str, catalog_uri: str | N
                          "nothing left to tune")
     days = quality.event_days(events_uri)
     day = days[-1] + dt.timedelta(days=1)
-    auto_len = not quality._sets_history_len(config, overrides)
+    auto_len = quality.history_len_overrides(config, overrides)
     cfg = config_mod.from_dict(config_mod.apply_overrides(mine, [
-        *([f"data.history_len={quality.AUTO_LEN[1]}"] if auto_len else []),
+        *auto_len,
         f"data.events_uri={events_uri}", f"data.catalog_uri={catalog_uri or quality.default_catalog(events_uri)}",
         f"data.lookback_days={(day - days[0]).days}", f"output.uri={out}/work", f"train.models={kind}"]))
     storage.check_writable(out, "--out")
     inputs = pipeline.prepare(cfg, day, storage.new_run_id(), {})
     if auto_len:                                                # as raymedia evaluate: from the data
-        cfg = quality._with_history_len(cfg, quality.history_len_from(inputs.histories))
+        cfg = quality.with_history_len(cfg, quality.history_len_from(inputs.histories))
     inputs.vocab.popularity = read.item_counts(inputs.histories, inputs.vocab.size, holdout_last=True)
     histories = inputs.histories.materialize()
     parallel = parallel or default_parallel(cfg)

@@ -64,7 +64,8 @@ def test_history_len_is_auto_only_when_neither_the_config_nor_an_override_sets_i
     cfg.write_text("data:\n  history_len: 30\n")
     other = tmp_path / "o.yaml"
     other.write_text("train:\n  epochs: 3\n")
-    assert quality._sets_history_len(str(cfg), [])
-    assert quality._sets_history_len(None, ["data.history_len=12"])
-    assert not quality._sets_history_len(str(other), ["train.epochs=2"])
-    assert not quality._sets_history_len(None, [])
+    assert quality.history_len_overrides(str(cfg), []) == []
+    assert quality.history_len_overrides(None, ["data.history_len=12"]) == []
+    auto = [f"data.history_len={quality.AUTO_LEN[1]}"]
+    assert quality.history_len_overrides(str(other), ["train.epochs=2"]) == auto
+    assert quality.history_len_overrides(None, []) == auto

@@ -195,8 +195,8 @@ class SequenceModel(nn.Module):
         """Joint training loss: next item + next category + return. The batch's padding
         columns past its longest sequence are cut first (right padding: nothing before
         them attends to them), so short sequences do not pay for the longest possible."""
-        n = int(batch["length"].max()) if len(batch["length"]) else 1
-        batch = {k: v[:, :max(n, 1)] if v.dim() == 2 else v for k, v in batch.items()}
+        n = max(int(batch["length"].max()), 1) if len(batch["length"]) else 1
+        batch = {k: v[:, :n] if v.dim() == 2 else v for k, v in batch.items()}
         h = self.user_states(batch)
         targets = batch["targets"]
         valid = targets > 0
