@@ -9,7 +9,7 @@
 # `ray[all]` installed (ray-project/ray docker/ray/Dockerfile); it has no torch (the ray-ml
 # images that had it are no longer published). torch's cu12x wheels carry their own CUDA
 # runtime and need only a CUDA 12 driver on the node. The version matches pyproject.toml.
-# tests/test_image.py runs these RUN pip lines in a venv that holds only ray[all] and then runs
+# tests/system/test_image.py runs these RUN pip lines in a venv that holds only ray[all] and then runs
 # jobs/nightly.py with it: a dependency missing here fails that test.
 FROM rayproject/ray:2.60.0-py311-gpu
 

@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine with Python 3.11:
 #   make demo   -- creates .venv, installs, runs `raymedia demo`
 #   make test   -- same environment plus test extras, runs the tests (not the slow ones)
+#   make test-unit -- the unit room only (no Ray, no servers, no training: seconds)
 #   make test-slow -- the slow fault tests only
 # torch is installed first, pinned, so pip never resolves a CUDA build on a CPU machine.
 
@@ -12,7 +13,7 @@ TORCH  ?= torch==2.13.0
 IMAGE ?= raymedia:0.1.0
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow bench install clean image redis
+.PHONY: demo test test-unit test-slow bench install clean image redis
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +37,9 @@ redis:
 
 test: install redis
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-unit: install
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 # fault tests that take minutes each (training worker kill, S3 down for good, ...)
 test-slow: install redis

@@ -2,8 +2,8 @@
 counts, so their bars are set from measurements, not from one machine's run.
 
 - ``pipeline``: the session world of tests/conftest.py (``trained_run``): two-tower and
-  sequence NDCG@10 / popularity NDCG@10, and the return head's AUC (tests/test_pipeline.py);
-- ``nightly``: the world of tests/test_nightly.py: a full run on day 1, then a one-epoch
+  sequence NDCG@10 / popularity NDCG@10, and the return head's AUC (tests/system/test_pipeline.py);
+- ``nightly``: the world of tests/system/test_nightly.py: a full run on day 1, then a one-epoch
   warm start on day 3, sequence NDCG@10 / popularity NDCG@10.
 
     python benchmarks/quality_spread.py --seeds 0 1 2 --threads 1 2

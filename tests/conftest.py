@@ -1,7 +1,10 @@
-"""Shared fixtures: one real local Ray for the session, one small pipeline run.
+"""Shared fixtures and helpers for both rooms of the suite.
 
-The pipeline fixture runs generate -> train -> score -> commit -> evaluate once
-on a small synthetic world; the end-to-end tests assert on what it wrote.
+``tests/unit/``: no Ray, no servers, no training (``make test-unit``, seconds); a unit
+test that asks for a fixture of the other room is refused at collection.
+``tests/system/``: one real local Ray for the session, the S3 server, Redis, clusters,
+and one small pipeline run (generate -> train -> score -> commit -> evaluate on a small
+synthetic world) that the end-to-end tests assert on.
 """
 
 from __future__ import annotations
@@ -17,8 +20,19 @@ os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 os.environ.setdefault("RAY_DEDUP_LOGS", "1")
 
 # The S3 server's secret key is a canary: a fresh random value per session that must
-# never appear in any log, commit, report or exception (tests/test_security.py).
+# never appear in any log, commit, report or exception (tests/system/test_security.py).
 CANARY = "rmcanary" + secrets.token_hex(12)
+
+SYSTEM_FIXTURES = {"s3", "ray_session", "world", "trained_run"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Keep the unit room free of Ray and servers: it must stay a seconds-long run."""
+    for item in items:
+        wanted = SYSTEM_FIXTURES & set(getattr(item, "fixturenames", ()))
+        if "/tests/unit/" in str(item.path) and wanted:
+            raise pytest.UsageError(f"{item.nodeid} is a unit test but uses {sorted(wanted)}: "
+                                    "move it to tests/system/")
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ input can make raymedia write outside its output root."""
 from __future__ import annotations
 
 import ast
-import datetime as dt
 import io
 import json
 import os
@@ -22,7 +21,7 @@ from conftest import CANARY, small_overrides
 from raymedia import checkpoint, pipeline, storage
 from raymedia.config import ConfigError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FAST = ("eval.enabled=false",)
 
 

@@ -24,7 +24,7 @@ import pytest
 from conftest import small_overrides
 from raymedia import storage
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 

@@ -9,7 +9,7 @@ import yaml
 
 from raymedia.cli import main
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_config_show_prints_the_resolved_config(capsys, tmp_path):

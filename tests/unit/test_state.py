@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
-import pytest
 
 from raymedia.data import state
 from raymedia.data.vocab import Vocab
@@ -111,32 +110,3 @@ def test_histories_use_the_models_vocabulary_and_count_every_interaction():
     st = state.state_block(state.log_rows(ev), n=1)            # "a", "zz", "b" fall out of the last 1
     assert state.to_histories(st, vocab, n=1).to_pylist()[0]["seen"] == [1, 2]   # "zz" unknown
     assert state.to_histories(st, vocab, n=1, seen_from=1).to_pylist()[0]["seen"] == []   # horizon
-
-
-def test_user_state_on_ray_matches_a_pandas_reference(ray_session, tmp_path):
-    """Validation, impression handling, the hash shuffle and merging, end to end on Ray."""
-    import ray
-    from raymedia.data.read import to_log_rows
-    rng = np.random.default_rng(0)
-    n = 5000
-    events = pa.table({
-        "user_id": rng.integers(0, 300, n), "item_id": rng.integers(0, 50, n),
-        "event": rng.choice(["impression", "click", "play", "complete"], n),
-        "ts": pa.array(rng.integers(0, 10**12, n), pa.timestamp("us", tz="UTC")),
-        "dwell_s": rng.random(n).astype("float32")})
-    ds = ray.data.from_arrow([events.slice(0, 2000), events.slice(2000)]).map_batches(
-        to_log_rows, batch_format="pyarrow", fn_kwargs={"events_uri": "mem", "run_uri": str(tmp_path)})
-    got = state.build(ds, 8, partitions=3).to_pandas()
-    assert got["user_id"].is_unique
-    assert set(got.user_id) == set(events["user_id"].to_pylist())   # impressions-only users too
-    df = events.to_pandas()
-    df["day"] = events["ts"].cast(pa.int64()).to_numpy() // DAY
-    df = df[df.event != "impression"].sort_values(["user_id", "ts", "item_id"])
-    for uid, g in df.groupby("user_id"):
-        items, days = g.item_id.tolist(), g.day.tolist()
-        code = g.event.map({"click": 2, "play": 3, "complete": 4}).tolist()
-        merged = [x for i, x in enumerate(items)
-                  if i == 0 or x != items[i - 1] or code[i] <= code[i - 1] or days[i] != days[i - 1]]
-        row = got[got.user_id == uid].iloc[0]
-        assert list(row["item_ids"]) == merged[-8:] and sum(row["counts"]) == len(merged)
-        assert list(row["seen_ids"]) == sorted(set(merged[:-8]))

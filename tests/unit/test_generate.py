@@ -24,7 +24,7 @@ def read_events(events_uri: str) -> pa.Table:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def generated(tmp_path_factory):
     """One small generated world shared by the read-only tests."""
     summary = generate(SMALL, str(tmp_path_factory.mktemp("gen")))
     events = read_events(summary.events_uri)
@@ -39,8 +39,8 @@ def consumptions(events: pa.Table):
     return t["user_id"].to_numpy(), t["item_id"].to_numpy()
 
 
-def test_same_seed_same_output_other_seed_differs(tmp_path, world):
-    summary, events, _ = world
+def test_same_seed_same_output_other_seed_differs(tmp_path, generated):
+    summary, events, _ = generated
     again = generate(SMALL, str(tmp_path / "again"))
     assert again.events == summary.events
     assert read_events(again.events_uri).equals(events)
@@ -48,8 +48,8 @@ def test_same_seed_same_output_other_seed_differs(tmp_path, world):
     assert not read_events(other.events_uri).equals(events)
 
 
-def test_summary_and_layout(world):
-    summary, events, catalog = world
+def test_summary_and_layout(generated):
+    summary, events, catalog = generated
     assert summary.users == 300 and summary.items == 200
     assert summary.events == events.num_rows > 0
     assert summary.days == [f"2026-01-{d:02d}" for d in range(5, 12)]
@@ -58,8 +58,8 @@ def test_summary_and_layout(world):
     assert sorted(set(events["dt"].to_pylist())) == summary.days
 
 
-def test_events_and_catalog_conform_to_contracts(world):
-    _, events, catalog = world
+def test_events_and_catalog_conform_to_contracts(generated):
+    _, events, catalog = generated
     stored = events.drop_columns(["dt"])
     assert stored.schema.names == schema.EVENTS.names
     assert stored.schema.types == schema.EVENTS.types
@@ -81,8 +81,8 @@ def test_events_and_catalog_conform_to_contracts(world):
     assert pc.all(pc.equal(dwell_null, pc.invert(consumed))).as_py()
 
 
-def test_catalog_world(world):
-    _, _, catalog = world
+def test_catalog_world(generated):
+    _, _, catalog = generated
     start = datetime.datetime(2026, 1, 5, tzinfo=datetime.timezone.utc)
     new = np.mean([p >= start for p in catalog["published_at"].to_pylist()])
     assert 0.01 < new < 0.12
@@ -94,15 +94,15 @@ def test_catalog_world(world):
     assert set(catalog["category"].to_pylist()) == {f"cat_{c:02d}" for c in range(16)}
 
 
-def test_popularity_is_heavy_tailed(world):
-    _, events, _ = world
+def test_popularity_is_heavy_tailed(generated):
+    _, events, _ = generated
     items = events.filter(pc.not_equal(events["event"], "impression"))["item_id"].to_numpy()
     counts = np.sort(np.bincount(items))[::-1]
     assert counts[:20].sum() / counts.sum() > 0.4          # top 10% of 200 items
 
 
-def test_series_are_watched_in_order(world):
-    _, events, catalog = world
+def test_series_are_watched_in_order(generated):
+    _, events, catalog = generated
     next_ep = {}
     by_episode = {}
     for item, title in zip(catalog["item_id"].to_pylist(), catalog["title"].to_pylist()):
@@ -120,8 +120,8 @@ def test_series_are_watched_in_order(world):
     assert np.mean(items[1:][pairs] == expected[pairs]) > 0.2
 
 
-def test_users_concentrate_on_few_categories(world):
-    _, events, catalog = world
+def test_users_concentrate_on_few_categories(generated):
+    _, events, catalog = generated
     category = dict(zip(catalog["item_id"].to_pylist(), catalog["category"].to_pylist()))
     users, items = consumptions(events)
     shares = []

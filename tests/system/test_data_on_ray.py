@@ -1,58 +1,57 @@
-"""Importers: the three public formats become the events contract, partitioned by day,
-and an imported data set runs through the pipeline from the command line."""
+"""Data steps on a real local Ray: the user state's shuffle and merge, history lengths
+from the data, an imported log run from the command line, a multi-year log's read tasks."""
 
 import datetime as dt
 import json
 
-import pyarrow.dataset as pads
-import pytest
+import numpy as np
+import pyarrow as pa
 
-from raymedia import schema, storage
+from raymedia import quality
 from raymedia.cli import main
+from raymedia.data import state
 from raymedia.data.importers import import_events
 
-ML = [(1, 10, 5, 978300760), (1, 11, 3, 978302109), (2, 10, 4, 978301968), (2, 12, 1, 978824291)]
+DAY = state.US_PER_DAY
 
 
-def _read(root):
-    return pads.dataset(f"{root}/events", partitioning="hive").to_table().sort_by("ts")
+def test_user_state_on_ray_matches_a_pandas_reference(ray_session, tmp_path):
+    """Validation, impression handling, the hash shuffle and merging, end to end on Ray."""
+    import ray
+    from raymedia.data.read import to_log_rows
+    rng = np.random.default_rng(0)
+    n = 5000
+    events = pa.table({
+        "user_id": rng.integers(0, 300, n), "item_id": rng.integers(0, 50, n),
+        "event": rng.choice(["impression", "click", "play", "complete"], n),
+        "ts": pa.array(rng.integers(0, 10**12, n), pa.timestamp("us", tz="UTC")),
+        "dwell_s": rng.random(n).astype("float32")})
+    ds = ray.data.from_arrow([events.slice(0, 2000), events.slice(2000)]).map_batches(
+        to_log_rows, batch_format="pyarrow", fn_kwargs={"events_uri": "mem", "run_uri": str(tmp_path)})
+    got = state.build(ds, 8, partitions=3).to_pandas()
+    assert got["user_id"].is_unique
+    assert set(got.user_id) == set(events["user_id"].to_pylist())   # impressions-only users too
+    df = events.to_pandas()
+    df["day"] = events["ts"].cast(pa.int64()).to_numpy() // DAY
+    df = df[df.event != "impression"].sort_values(["user_id", "ts", "item_id"])
+    for uid, g in df.groupby("user_id"):
+        items, days = g.item_id.tolist(), g.day.tolist()
+        code = g.event.map({"click": 2, "play": 3, "complete": 4}).tolist()
+        merged = [x for i, x in enumerate(items)
+                  if i == 0 or x != items[i - 1] or code[i] <= code[i - 1] or days[i] != days[i - 1]]
+        row = got[got.user_id == uid].iloc[0]
+        assert list(row["item_ids"]) == merged[-8:] and sum(row["counts"]) == len(merged)
+        assert list(row["seen_ids"]) == sorted(set(merged[:-8]))
 
 
-@pytest.mark.parametrize("name, text", [
-    ("ratings.dat", "".join(f"{u}::{i}::{r}::{t}\n" for u, i, r, t in ML)),
-    ("u.data", "".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in ML)),
-    ("ratings.csv", "userId,movieId,rating,timestamp\n" + "".join(f"{u},{i},{r}.0,{t}\n" for u, i, r, t in ML)),
-])
-def test_movielens_layouts(tmp_path, name, text):
-    (tmp_path / name).write_text(text)
-    s = import_events("movielens", str(tmp_path / name), str(tmp_path / "out"))
-    assert (s.users, s.items, s.events) == (2, 3, 4)
-    events = _read(tmp_path / "out")
-    assert events["event"].to_pylist() == ["like", "complete", "play", "click"]
-    assert [t.timestamp() for t in events["ts"].to_pylist()] == sorted(t for *_, t in ML)
-    assert sorted(set(events["dt"].to_pylist())) == ["2000-12-31", "2001-01-06"] == [s.first_day, s.last_day]
-    assert schema.validate_events(events, "import")[1].num_rows == 0
-
-
-def test_sasrec_gets_increasing_timestamps_in_file_order(tmp_path):
-    (tmp_path / "d.txt").write_text("1 5\n1 6\n1 5\n2 7\n2 5\n")
-    s = import_events("sasrec", str(tmp_path / "d.txt"), str(tmp_path / "out"),
-                      dt.datetime(2026, 1, 1, 23, 59, 58, tzinfo=dt.timezone.utc))
-    events = _read(tmp_path / "out")
-    assert events["user_id"].to_pylist() == [1, 1, 1, 2, 2]
-    assert events["item_id"].to_pylist() == [5, 6, 5, 7, 5]         # repeats are kept
-    assert events["dt"].to_pylist() == ["2026-01-01"] * 2 + ["2026-01-02"] * 3
-    assert (s.users, s.items, s.next_day) == (2, 3, "2026-01-03")
-    catalog = storage.read_bytes(s.catalog_uri)
-    assert catalog[:4] == b"PAR1"
-
-
-def test_bad_input_is_a_clear_error(tmp_path):
-    (tmp_path / "x.txt").write_text("hello world\n")
-    with pytest.raises(ValueError, match="not a MovieLens ratings file"):
-        import_events("movielens", str(tmp_path / "x.txt"), str(tmp_path / "out"))
-    with pytest.raises(ValueError, match="unknown format 'netflix'"):
-        import_events("netflix", str(tmp_path / "x.txt"), str(tmp_path / "out"))
+def test_history_len_from_the_data_is_a_high_percentile_of_history_lengths_within_bounds(ray_session):
+    import ray
+    lo, hi, q = quality.AUTO_LEN
+    lengths = np.arange(1, 101)                  # p90 of 1..100 is 90.1 -> 91
+    hist = ray.data.from_items([{"n_events": int(n)} for n in lengths])
+    assert quality.history_len_from(hist) == int(np.ceil(np.percentile(lengths, q))) == 91
+    assert quality.history_len_from(ray.data.from_items([{"n_events": 3}] * 5)) == lo
+    assert quality.history_len_from(ray.data.from_items([{"n_events": 5000}] * 5)) == hi
 
 
 def test_import_then_run_from_the_cli(tmp_path, ray_session, capsys):

@@ -38,7 +38,7 @@ import ray
 
 from raymedia.data.generate import GeneratorConfig, generate
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BASE_IMAGE_HOLDS = f"ray[all]=={ray.__version__}"
 BUILD_ARGS = {"TORCH_PIP_ARGS": ""}        # torch: the CPU wheel here (see above)
 

@@ -408,7 +408,7 @@ def test_a_worker_node_stopped_during_scoring_the_job_finishes_on_the_head(
     job = subprocess.Popen([sys.executable, "-m", "raymedia.cli", "score", "--date", str(day),
                             *[a for s in sets for a in ("--set", s)]], env=c["env"],
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           cwd=Path(__file__).resolve().parents[1])
+                           cwd=Path(__file__).resolve().parents[2])
 
     def scorer_on_worker() -> list[int]:
         return [p for p in _descendants(c["worker"].pid) if "MapBatches(Scorer)" in _title(p)]

@@ -69,7 +69,7 @@ def test_models_beat_popularity_widely(trained_run):
     pop, tt, seq = (models[m]["ndcg@10"] for m in ("popularity", "two_tower", "sequence"))
     # an untrained model ranks at chance (~10/400 HR, far below popularity); both models see
     # the order that the series structure needs (the two-tower through its last item), which
-    # tests/test_model_contract.py checks on a world where only the order tells the answer
+    # tests/system/test_model_contract.py checks on a world where only the order tells the answer
     assert tt > 2.0 * pop, models
     assert seq > 2.0 * pop, models
     ret = trained_run["result"].metrics["return"]

@@ -1,7 +1,7 @@
 """Deployment files: the cluster-launcher config against the schema inside the ray wheel,
 the KubeRay RayJob's required fields, both on the one raymedia image built from the
 Dockerfile (whose base is Ray's image of the pinned version), and the environment configs
-load as typed config. tests/test_image.py runs the Dockerfile's install steps."""
+load as typed config. tests/system/test_image.py runs the Dockerfile's install steps."""
 
 import json
 import re
@@ -13,7 +13,7 @@ import yaml
 
 from raymedia import config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 IMAGE = re.search(r"^IMAGE \?= (\S+)$", (ROOT / "Makefile").read_text(), re.M).group(1)
 
 

@@ -46,18 +46,6 @@ def test_recommendable_follows_todays_catalog():
     assert not ok[0]
 
 
-def test_history_len_from_the_data_is_a_high_percentile_of_history_lengths_within_bounds(ray_session):
-    import ray
-
-    from raymedia import quality
-    lo, hi, q = quality.AUTO_LEN
-    lengths = np.arange(1, 101)                  # p90 of 1..100 is 90.1 -> 91
-    hist = ray.data.from_items([{"n_events": int(n)} for n in lengths])
-    assert quality.history_len_from(hist) == int(np.ceil(np.percentile(lengths, q))) == 91
-    assert quality.history_len_from(ray.data.from_items([{"n_events": 3}] * 5)) == lo
-    assert quality.history_len_from(ray.data.from_items([{"n_events": 5000}] * 5)) == hi
-
-
 def test_history_len_is_auto_only_when_neither_the_config_nor_an_override_sets_it(tmp_path):
     from raymedia import quality
     cfg = tmp_path / "c.yaml"
