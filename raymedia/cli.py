@@ -85,9 +85,9 @@ def parser(prog: str = "raymedia") -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--overwrite", action="store_true", help="replace events already under --out")
 
-    i = sub.add_parser("import", help="import MovieLens or SASRec-format interactions as events")
-    i.add_argument("--format", required=True, choices=["movielens", "sasrec"])
-    i.add_argument("path", help="ratings.dat, u.data, ratings.csv, or a SASRec .txt (any URI)")
+    i = sub.add_parser("import", help="import MovieLens (with its item file), SASRec-format or MIND logs as events and a catalog")
+    i.add_argument("--format", required=True, choices=["movielens", "sasrec", "mind"])
+    i.add_argument("path", help="ratings.dat, u.data, ratings.csv, a SASRec .txt, or a MIND folder (any URI)")
     i.add_argument("--out", required=True, help="output root URI (events/ and catalog/ go under it)")
     i.add_argument("--start", type=_date, default=dt.date(2026, 1, 1),
                    help="first timestamp's day for formats without timestamps (sasrec)")

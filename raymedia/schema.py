@@ -41,6 +41,20 @@ CATALOG = pa.schema([
     pa.field("published_at", TS_TYPE),
     pa.field("available", pa.bool_()),
 ])
+# Optional content columns of the catalog, kept when a catalog file has them (each on its
+# own): what an item is, so that a new item can be understood on its first day. A catalog
+# with none of them reads exactly as before. ``embedding`` is a vector computed elsewhere
+# (a large text or vision model in its own job); every non-null row has the same size.
+CATALOG_CONTENT = pa.schema([
+    pa.field("description", pa.string()),
+    pa.field("tags", pa.list_(pa.string())),
+    pa.field("subcategory", pa.string()),
+    pa.field("series_id", pa.string()),
+    pa.field("episode", pa.int32()),
+    pa.field("duration_s", pa.float32()),
+    pa.field("language", pa.string()),
+    pa.field("embedding", pa.list_(pa.float32())),
+])
 RECOMMENDATIONS = pa.schema([
     pa.field("user_id", pa.int64(), nullable=False),
     pa.field("items", pa.list_(pa.int64())),
@@ -116,6 +130,18 @@ def conform(table: pa.Table, schema: pa.Schema, source: str = "input") -> pa.Tab
                 f"{source}: column '{field.name}' of type {col.type} cannot be read as "
                 f"{target}: {exc}") from exc
     return pa.Table.from_arrays(columns, names=schema.names)
+
+
+def conform_catalog(table: pa.Table, source: str = "catalog") -> pa.Table:
+    """``conform`` to ``CATALOG``, plus whichever ``CATALOG_CONTENT`` columns the table has
+    (cast to the contract's types; ContractError naming the column otherwise)."""
+    out = conform(table, CATALOG, source)
+    present = pa.schema([f for f in CATALOG_CONTENT if f.name in table.column_names])
+    if len(present):
+        content = conform(table.select(present.names), present, source)
+        for name in present.names:
+            out = out.append_column(present.field(name), content[name])
+    return out
 
 
 def _utc(col):
@@ -209,6 +235,30 @@ def check_catalog(catalog: pa.Table, source: str) -> None:
         first = pc.index(pc.is_null(catalog["item_id"]), True).as_py()
         raise ContractError(f"{source}: column 'item_id' is null in {nulls} of {catalog.num_rows} "
                             f"row(s) (first at row {first}); every catalog item needs an id")
+    if "embedding" in catalog.column_names:
+        _check_embedding(catalog["embedding"], source)
+
+
+def _check_embedding(col: pa.ChunkedArray, source: str) -> None:
+    """One size for every non-null embedding, and finite values: a model projects them."""
+    col = col.combine_chunks()
+    sizes = pc.list_value_length(col).to_numpy(zero_copy_only=False)
+    valid = col.is_valid().to_numpy(zero_copy_only=False)
+    if not valid.any():
+        return
+    first = int(np.flatnonzero(valid)[0])
+    other = np.flatnonzero(valid & (sizes != sizes[first]))
+    if len(other):
+        raise ContractError(f"{source}: column 'embedding' has size {sizes[first]} at row {first} "
+                            f"but {sizes[other[0]]} at row {other[0]} ({len(other)} row(s) differ); "
+                            "every embedding must have one size")
+    if sizes[first] == 0:
+        raise ContractError(f"{source}: column 'embedding' holds empty vectors")
+    values = pc.list_flatten(col).to_numpy(zero_copy_only=False)
+    if not np.isfinite(values).all():
+        bad = int(np.flatnonzero(~np.isfinite(values))[0]) // int(sizes[first])
+        raise ContractError(f"{source}: column 'embedding' holds NaN or infinite values "
+                            f"(first in row {np.flatnonzero(valid)[bad]})")
 
 
 def value_type(t: pa.DataType) -> pa.DataType:

@@ -102,3 +102,46 @@ def trained_run(world):
     cfg = small_config(world["root"])
     result = pipeline.run_day(cfg, world["day"])
     return {"cfg": cfg, "result": result, **world}
+
+
+# A MIND (Microsoft News Dataset) folder in miniature: news.tsv and behaviors.tsv rows
+MIND_NEWS = [
+    ("N1", "sports", "football_nfl", "Bears win", "Chicago beat the Packers.",
+     '[{"Label": "Chicago Bears", "Type": "O"}]', '[{"Label": "Green Bay Packers"}]'),
+    ("N2", "news", "newsus", "Storm hits coast", "A storm.", "[]", "[]"),
+    ("N3", "sports", "basketball_nba", "Bulls lose", "", '[{"Label": "Chicago Bulls"}]', "not json"),
+    ("N4", "lifestyle", "lifestylebuzz", "Ten recipes", "Food.", "[]", "[]"),
+]
+MIND_BEHAVIORS = [
+    ("1", "U1", "11/15/2019 8:55:22 AM", "N4 N2", "N1-1 N2-0 N3-0"),
+    ("2", "U2", "11/15/2019 11:05:00 PM", "", "N3-1 N1-1"),
+    ("3", "U1", "11/16/2019 12:00:01 AM", "N4 N2 N1", "N3-0 N4-1"),
+]
+
+
+def write_mind(folder, behaviors, news) -> str:
+    """``behaviors.tsv`` and ``news.tsv`` (url filled in) under a new ``folder``."""
+    folder.mkdir()
+    (folder / "behaviors.tsv").write_text("".join("\t".join(r) + "\n" for r in behaviors))
+    (folder / "news.tsv").write_text("".join("\t".join([*r[:5], "https://x", *r[5:]]) + "\n" for r in news))
+    return str(folder)
+
+
+def synthetic_mind(folder, users: int = 150, items: int = 40, seed: int = 0) -> str:
+    """A MIND folder big enough to train on: each user reads one of four topics; three
+    impressions each over two days, clicks on the shown items of their topic."""
+    import numpy as np
+    rng = np.random.default_rng(seed)
+    topics = ["sports", "news", "finance", "travel"]
+    news = [(f"N{i}", topics[i % 4], f"{topics[i % 4]}_{i % 3}", f"{topics[i % 4]} story {i}",
+             f"about {topics[i % 4]}", "[]", "[]") for i in range(1, items + 1)]
+    rows = []
+    for u in range(users):
+        history = " ".join(f"N{i}" for i in rng.choice(range(1 + u % 4, items + 1, 4), 4, replace=False))
+        for k in range(3):
+            shown = rng.choice(range(1, items + 1), 6, replace=False)
+            when = f"11/{15 + k // 2}/2019 {1 + (u + 5 * k) % 12}:{u % 60:02d}:{k:02d} {'AM' if k % 2 else 'PM'}"
+            rows.append((f"{len(rows) + 1}", f"U{u}", when, history,
+                         " ".join(f"N{i}-{int(i % 4 == (1 + u % 4) % 4)}" for i in shown)))
+    return write_mind(folder, rows, news)
+

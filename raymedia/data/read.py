@@ -171,11 +171,13 @@ def read_catalog(catalog_uri: str) -> pa.Table:
             table = pq.read_table(path, filesystem=fs)
         except (pa.ArrowInvalid, OSError) as exc:
             raise schema.ContractError(f"{uri}: not a readable Parquet file: {exc}") from exc
-        parts.append(schema.conform(table, schema.CATALOG, uri))
+        parts.append(schema.conform_catalog(table, uri))
     if len({p.schema.field("item_id").type for p in parts}) > 1:
         raise schema.ContractError(f"{catalog_uri}: 'item_id' is integer in some files and string in "
                                    "others; the catalog must use one id type")
-    catalog = pa.concat_tables(parts) if parts else schema.CATALOG.empty_table()
+    # files may differ in which content columns they have: missing ones read as null
+    catalog = (pa.concat_tables(parts, promote_options="default") if parts
+               else schema.CATALOG.empty_table())
     schema.check_catalog(catalog, catalog_uri)
     return catalog
 

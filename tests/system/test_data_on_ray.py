@@ -7,10 +7,12 @@ import json
 import numpy as np
 import pyarrow as pa
 
-from raymedia import quality
+from raymedia import quality, storage
 from raymedia.cli import main
 from raymedia.data import state
 from raymedia.data.importers import import_events
+
+from conftest import synthetic_mind
 
 DAY = state.US_PER_DAY
 
@@ -54,20 +56,23 @@ def test_history_len_from_the_data_is_a_high_percentile_of_history_lengths_withi
     assert quality.history_len_from(ray.data.from_items([{"n_events": 5000}] * 5)) == hi
 
 
-def test_import_then_run_from_the_cli(tmp_path, ray_session, capsys):
-    lines = [f"{u} {(u * 7 + k) % 40 + 1}" for u in range(1, 151) for k in range(8)]
-    (tmp_path / "seq.txt").write_text("\n".join(lines) + "\n")
+def test_a_mind_import_runs_from_the_cli_with_string_ids_and_a_content_catalog(tmp_path, ray_session, capsys):
+    """MIND: string ids, impressions and a catalog with content columns, through a nightly run."""
     out = tmp_path / "data"
-    assert main(["import", "--format", "sasrec", str(tmp_path / "seq.txt"), "--out", str(out)]) == 0
+    assert main(["import", "--format", "mind", synthetic_mind(tmp_path / "mind"), "--out", str(out)]) == 0
     summary = json.loads(capsys.readouterr().out)
     sets = [f"data.events_uri={summary['events_uri']}", f"data.catalog_uri={summary['catalog_uri']}",
-            "data.lookback_days=2", f"output.uri={out}/scores", f"output.models_uri={out}/models",
+            "data.lookback_days=3", f"output.uri={out}/scores", f"output.models_uri={out}/models",
             "train.epochs=1", "score.exclude_seen=false", "score.top_k=5", "ray.progress_bars=false"]
     assert main(["run", "--date", summary["next_day"], *[a for s in sets for a in ("--set", s)]]) == 0
     capsys.readouterr()
     assert main(["show", f"{out}/scores", "--dt", summary["next_day"], "--limit", "3"]) == 0
     shown = capsys.readouterr().out
     assert "generation=1" in shown and "'recommendations': 150" in shown
+    recs = storage.read_committed(f"{out}/scores", summary["next_day"], "recommendations")
+    assert recs["user_id"].type == pa.string() and recs["items"].type.value_type == pa.string()
+    news = {f"N{i}" for i in range(1, 41)}
+    assert all(len(r) == 5 and set(r) <= news for r in recs["items"].to_pylist())
 
 
 def test_a_multi_year_log_is_one_file_per_day_read_by_a_bounded_number_of_tasks(tmp_path, ray_session):
