@@ -1,0 +1,177 @@
+"""Items as content: text and metadata to vectors, learned here, no downloaded weights.
+
+A media catalog churns (a news item lives for hours), and whatever a model learns about an
+item id says nothing about tomorrow's items. So an item is also what it is: its title,
+description, tags, category, series, language, length, and optionally a vector computed
+elsewhere (``embedding``: a large text or vision model in its own job).
+
+Tokens need no vocabulary file and work for any language: every word (a run of Unicode word
+characters, lower case) and the character n-grams of ``<word>`` (``NGRAMS``, fastText's
+subwords) are hashed into ``buckets`` rows of one embedding bag. A language written without
+spaces (Chinese, Japanese) is one long "word" per run, and its character bigrams and trigrams
+carry the meaning. Each field prefixes its tokens (``t:`` title, ``g:`` a tag, ...), so the
+same word in a title and in a tag are different rows. The hash is CRC-32: the same token gets
+the same row in every process and on every machine (Python's ``hash`` is salted).
+
+``ContentEncoder``: mean of the item's token rows, plus a projection of ``embedding``; one
+vector per item, computed once per run for the whole catalog, so scoring a new item costs
+nothing per user. ``ItemRepresentation``: id embedding + content vector, with the id part
+dropped for a share of items while training (DropoutNet), so the content path alone must
+carry the meaning, and an item with no trained id row is scored from its content.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torch import nn
+
+NGRAMS = (2, 3, 4)
+MAX_TOKENS = 256                  # per item: a long description adds little after this
+_WORD = re.compile(r"\w+", re.UNICODE)
+# field -> token prefix; text fields are split into words and n-grams, the others are whole
+TEXT_FIELDS = {"title": "t", "description": "d"}
+WHOLE_FIELDS = {"category": "c", "subcategory": "s", "series_id": "r", "language": "l"}
+
+
+def text_tokens(text: str, prefix: str) -> list[str]:
+    """Words and the character n-grams of ``<word>``, each with the field's prefix."""
+    out = []
+    for word in _WORD.findall(text.lower()):
+        out.append(f"{prefix}:{word}")
+        marked = f"<{word}>"
+        out += [f"{prefix}#{marked[i:i + n]}" for n in NGRAMS for i in range(len(marked) - n + 1)
+                if n < len(marked)]
+    return out
+
+
+def item_tokens(row: dict) -> list[str]:
+    """Every token of one catalog row (a dict of its columns; missing or null fields add none)."""
+    out: list[str] = []
+    for field, prefix in TEXT_FIELDS.items():
+        if row.get(field):
+            out += text_tokens(str(row[field]), prefix)
+    for tag in row.get("tags") or []:
+        if tag:
+            out.append(f"g:{str(tag).lower()}")              # the tag as a whole ...
+            out += text_tokens(str(tag), "g")                # ... and its words
+    for field, prefix in WHOLE_FIELDS.items():
+        value = row.get(field)
+        if value not in (None, "", "unknown"):
+            out.append(f"{prefix}:{str(value).lower()}")
+    if row.get("duration_s") is not None and row["duration_s"] > 0:
+        out.append(f"len:{int(math.log2(1 + float(row['duration_s'])))}")   # log2 length bucket
+    return out[:MAX_TOKENS]
+
+
+def bucket(token: str, buckets: int) -> int:
+    """Row of a token: CRC-32, the same in every process; row 0 is never used (padding)."""
+    return 1 + zlib.crc32(token.encode("utf-8")) % (buckets - 1)
+
+
+@dataclass(frozen=True)
+class ContentTokens:
+    """Hashed tokens of items in vocabulary order, as one flat bag: item i's token rows are
+    ``ids[offsets[i]:offsets[i + 1]]``. ``embedding``: (n, E) float32 or None;
+    ``has_content``: items with any token or an embedding (the rest keep the id path only)."""
+    ids: np.ndarray                   # (nnz,) int64
+    offsets: np.ndarray               # (n + 1,) int64
+    embedding: np.ndarray | None
+    has_content: np.ndarray           # (n,) bool
+
+    @property
+    def n_items(self) -> int:
+        return len(self.offsets) - 1
+
+
+def tokenize(catalog: pa.Table, buckets: int) -> ContentTokens:
+    """Tokens of every row of ``catalog`` (already in the order of the items to encode)."""
+    rows = catalog.to_pylist()
+    ids, offsets = [], [0]
+    for row in rows:
+        ids += [bucket(t, buckets) for t in item_tokens(row)]
+        offsets.append(len(ids))
+    emb = None
+    has = np.diff(offsets) > 0
+    if "embedding" in catalog.column_names:
+        col = catalog["embedding"].combine_chunks()
+        valid = col.is_valid().to_numpy(zero_copy_only=False)
+        if valid.any():
+            size = len(col[int(np.flatnonzero(valid)[0])])
+            emb = np.zeros((len(rows), size), np.float32)
+            emb[valid] = np.asarray(col.filter(pa.array(valid)).flatten(), np.float32).reshape(-1, size)
+            has |= valid
+    return ContentTokens(np.asarray(ids, np.int64), np.asarray(offsets, np.int64), emb, has)
+
+
+class ContentEncoder(nn.Module):
+    """Content -> one vector per item: mean of the token rows + projected ``embedding``."""
+
+    def __init__(self, dim: int, buckets: int = 1 << 18, embedding_dim: int = 0):
+        super().__init__()
+        self.buckets = buckets
+        self.bag = nn.EmbeddingBag(buckets, dim, mode="mean", padding_idx=0)
+        nn.init.normal_(self.bag.weight, std=dim ** -0.5)
+        with torch.no_grad():
+            self.bag.weight[0] = 0.0
+        self.project = nn.Linear(embedding_dim, dim, bias=False) if embedding_dim else None
+
+    def forward(self, ids: torch.Tensor, offsets: torch.Tensor,
+                embedding: torch.Tensor | None = None) -> torch.Tensor:
+        """(n, dim) for the n items of a flat bag (``offsets`` of n + 1 entries)."""
+        out = self.bag(ids, offsets[:-1])             # an item without tokens: zeros
+        if self.project is not None and embedding is not None:
+            out = out + self.project(embedding.to(out.dtype))
+        return out
+
+    def encode(self, tokens: ContentTokens) -> torch.Tensor:
+        device = self.bag.weight.device
+        emb = None if tokens.embedding is None else torch.as_tensor(tokens.embedding, device=device)
+        return self(torch.as_tensor(tokens.ids, device=device),
+                    torch.as_tensor(tokens.offsets, device=device), emb)
+
+
+class ItemRepresentation(nn.Module):
+    """Item vectors = id embedding + content vector.
+
+    While training, each item's id part is dropped with probability ``id_dropout`` (the
+    same items for the whole batch, so one item is not half-dropped), and items with no
+    content always keep theirs. Items without a trained id row (published after training)
+    have a zero id row and are their content alone."""
+
+    def __init__(self, vocab_size: int, dim: int, tokens: ContentTokens, buckets: int = 1 << 18,
+                 id_dropout: float = 0.5):
+        super().__init__()
+        if tokens.n_items != vocab_size:
+            raise ValueError(f"content tokens for {tokens.n_items} items, vocabulary of {vocab_size}")
+        self.id_dropout = id_dropout
+        self.item_emb = nn.Embedding(vocab_size, dim, padding_idx=0)
+        nn.init.normal_(self.item_emb.weight, std=dim ** -0.5)
+        with torch.no_grad():
+            self.item_emb.weight[0] = 0.0
+        emb_dim = 0 if tokens.embedding is None else tokens.embedding.shape[1]
+        self.content = ContentEncoder(dim, buckets, emb_dim)
+        self.register_buffer("ids", torch.as_tensor(tokens.ids))
+        self.register_buffer("offsets", torch.as_tensor(tokens.offsets))
+        self.register_buffer("embedding", None if tokens.embedding is None
+                             else torch.as_tensor(tokens.embedding))
+        self.register_buffer("has_content", torch.as_tensor(tokens.has_content))
+
+    def content_vectors(self) -> torch.Tensor:
+        """(vocab_size, dim): every item's content vector (row 0, padding, is zero)."""
+        out = self.content(self.ids, self.offsets, self.embedding)
+        return out * self.has_content.unsqueeze(1).to(out.dtype)
+
+    def matrix(self) -> torch.Tensor:
+        """(vocab_size, dim) item vectors; id parts dropped at random while training."""
+        ids = self.item_emb.weight
+        if self.training and self.id_dropout > 0:
+            drop = (torch.rand(len(ids), device=ids.device) < self.id_dropout) & self.has_content
+            ids = ids * (~drop).unsqueeze(1).to(ids.dtype)
+        return ids + self.content_vectors()

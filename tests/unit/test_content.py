@@ -1,0 +1,106 @@
+"""Content encoder: tokens for any language without a vocabulary, stable rows, and new
+items understood from their content alone (the point of it)."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from raymedia.models.content import ContentEncoder, ItemRepresentation, bucket, item_tokens, text_tokens, tokenize
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matrices: one thread is fastest, and does not fight a busy machine's cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_words_and_character_ngrams_in_any_language_share_rows_with_related_text():
+    zh, zh2 = set(text_tokens("中国经济增长", "t")), set(text_tokens("中国人民", "t"))
+    assert "t#中国" in zh & zh2 and "t:中国经济增长" in zh          # one run of CJK: its n-grams carry it
+    en = text_tokens("Football: Bears WIN", "t")
+    assert "t:football" in en and "t:win" in en and "t#<foo" in en and "t#all>" in en
+    assert set(text_tokens("footballer", "t")) & set(en)             # subwords link related words
+    row = {"title": "Bears win", "tags": ["NFL", None], "category": "sports", "subcategory": None,
+           "duration_s": 90.0, "language": "en", "description": None}
+    tokens = item_tokens(row)
+    assert {"g:nfl", "c:sports", "l:en", "len:6"} <= set(tokens) and "t:bears" in tokens
+    assert item_tokens({"title": "x", "category": "unknown"}) == text_tokens("x", "t")   # unknown adds none
+
+
+def test_a_token_gets_the_same_row_in_every_process():
+    here = [bucket(t, 1 << 18) for t in ("t:news", "g:中国", "c:sports")]
+    code = ("from raymedia.models.content import bucket; "
+            "print([bucket(t, 1 << 18) for t in ('t:news', 'g:中国', 'c:sports')])")
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={"PYTHONHASHSEED": "123", "PATH": ""}).stdout
+    assert str(here) == other.strip() and all(0 < b < 1 << 18 for b in here)
+
+
+def test_tokenize_lays_out_one_bag_per_item_and_keeps_embeddings():
+    catalog = pa.table({"title": ["a b", None, "c"], "category": ["x", None, None],
+                        "embedding": pa.array([[1.0, 2.0], [3.0, 4.0], None], pa.list_(pa.float32()))})
+    tok = tokenize(catalog, 1024)
+    assert tok.n_items == 3 and tok.offsets[0] == 0 and tok.offsets[2] == tok.offsets[1]   # item 1: no text
+    assert tok.has_content.tolist() == [True, True, True]        # item 1 has its embedding
+    assert tok.embedding.tolist() == [[1.0, 2.0], [3.0, 4.0], [0.0, 0.0]]
+    assert not tokenize(pa.table({"title": [None, "z"]}), 64).has_content[0]
+    enc = ContentEncoder(4, 1024, embedding_dim=2)
+    out = enc.encode(tok)
+    assert out.shape == (3, 4)
+    # an item's vector depends on its own content only: alone or among others, the same bits
+    alone = enc.encode(tokenize(catalog.slice(2, 1), 1024))
+    assert torch.equal(out[2:], alone)
+
+
+def _world(seed: int, topics: int = 8, per_topic: int = 30):
+    """Items whose titles use their topic's words; users read one topic. Half the items of
+    each topic are 'new': never trained on, ids never seen."""
+    rng = np.random.default_rng(seed)
+    words = [[f"w{t}x{j}" for j in range(12)] for t in range(topics)]
+    topic = np.repeat(np.arange(topics), per_topic)
+    titles = [" ".join(rng.choice(words[t], 4, replace=False)) for t in topic]
+    catalog = pa.table({"title": ["", *titles]})            # row 0: padding
+    new = np.zeros(len(topic) + 1, bool)
+    new[1:] = rng.random(len(topic)) < 0.5
+    return catalog, np.r_[-1, topic], new
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_new_items_are_ranked_by_their_content_and_id_only_items_are_not(seed):
+    """A topic's users are trained on the old items; the new items of their topic must rank
+    above the other new items from content alone. Over seeds 0-2 content reached 0.99-1.0
+    precision@10 among new items; the id-only model 0.08-0.25 (chance: 1/8)."""
+    catalog, topic, new = _world(seed)
+    torch.manual_seed(seed)
+    tok = tokenize(catalog, 2048)
+    results = {}
+    for name, content in (("content", tok), ("ids", tokenize(pa.table({"title": [""] * len(topic)}), 2048))):
+        rep = ItemRepresentation(len(topic), 16, content, 2048, id_dropout=0.5)
+        users = torch.nn.Embedding(8, 16)
+        opt = torch.optim.Adam([*rep.parameters(), *users.parameters()], lr=0.05)
+        old = torch.as_tensor(np.flatnonzero(~new & (topic >= 0)))
+        mask = torch.as_tensor(new)                          # new items are never trained on
+        for _ in range(100):
+            logits = users.weight @ rep.matrix().T
+            logits = logits.masked_fill(mask | (torch.arange(len(topic)) == 0), float("-inf"))
+            target = torch.as_tensor(topic)[old]
+            loss = torch.nn.functional.cross_entropy(logits[target], old)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        rep.eval()
+        with torch.no_grad():
+            # new items have no trained id rows: their id part is what training left (random init)
+            scores = users.weight @ rep.matrix().T
+            scores[:, ~mask] = float("-inf")
+            top = torch.topk(scores, 10, dim=1).indices
+        results[name] = float((torch.as_tensor(topic)[top] == torch.arange(8).unsqueeze(1)).float().mean())
+    assert results["content"] >= 0.8, results
+    assert results["ids"] <= 0.4, results
