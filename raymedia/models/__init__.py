@@ -26,14 +26,18 @@ def build(kind: str, kwargs: dict, vocab_size: int, num_categories: int, max_len
                         **kwargs, **extra)
 
 
-def grow_items(model: torch.nn.Module, item_category: torch.Tensor, popularity: torch.Tensor) -> None:
+def grow_items(model: torch.nn.Module, item_category: torch.Tensor, popularity: torch.Tensor,
+               has_content: torch.Tensor | None = None) -> None:
     """Append item rows for items the model has never seen (in place).
 
     A new item starts at the popularity-weighted mean embedding of the known
     items in its category (of all known items when its category is new), so new
     content can be scored the day it appears and a warm start begins from a
-    sensible point. Known items keep their rows exactly. ``item_category`` and
-    ``popularity`` are per index of the grown vocabulary.
+    sensible point. A model with a content path gives new items that have content
+    (``has_content``, per grown index) a zero id row instead: their content is what
+    it knows of them, as for the items whose id it dropped in training. Known items
+    keep their rows exactly. ``item_category`` and ``popularity`` are per index of
+    the grown vocabulary.
     """
     old = model.item_emb.weight.data
     n_old, n_new = old.shape[0], len(item_category)
@@ -49,6 +53,8 @@ def grow_items(model: torch.nn.Module, item_category: torch.Tensor, popularity: 
     centroid = torch.where(mass[:, None] > 0, sums / mass.clamp(min=1e-12)[:, None], overall)
     new_cats = item_category[n_old:].long()
     rows = torch.where((new_cats > 0)[:, None], centroid[new_cats], overall)
+    if getattr(model, "item_content", None) is not None and has_content is not None:
+        rows = rows * (~has_content[n_old:n_new].to(rows.device)).unsqueeze(1).to(rows.dtype)
     emb = torch.nn.Embedding(n_new, old.shape[1], padding_idx=0).to(old.device)
     emb.weight.data = torch.cat([old, rows.to(old)])
     model.item_emb = emb

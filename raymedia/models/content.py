@@ -15,9 +15,10 @@ the same row in every process and on every machine (Python's ``hash`` is salted)
 
 ``ContentEncoder``: mean of the item's token rows, plus a projection of ``embedding``; one
 vector per item, computed once per run for the whole catalog, so scoring a new item costs
-nothing per user. ``ItemRepresentation``: id embedding + content vector, with the id part
-dropped for a share of items while training (DropoutNet), so the content path alone must
-carry the meaning, and an item with no trained id row is scored from its content.
+nothing per user. ``ItemContent``: the models' item vectors are id row + content vector,
+with the id part dropped for a share of items while training (DropoutNet), so the content
+path alone must carry the meaning, and an item with no trained id row is scored from its
+content.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 NGRAMS = (2, 3, 4)
@@ -137,41 +139,101 @@ class ContentEncoder(nn.Module):
                     torch.as_tensor(tokens.offsets, device=device), emb)
 
 
-class ItemRepresentation(nn.Module):
-    """Item vectors = id embedding + content vector.
+def catalog_tokens(catalog: pa.Table, item_ids: pa.Array, buckets: int) -> ContentTokens:
+    """Tokens of the items ``item_ids`` (a vocabulary's ids by index; index 0 is padding)
+    from the catalog rows with those ids; items the catalog lacks get no content."""
+    import pyarrow.compute as pc
+    at = pc.index_in(item_ids, value_set=catalog["item_id"].cast(item_ids.type))
+    return tokenize(catalog.take(at), buckets)
 
-    While training, each item's id part is dropped with probability ``id_dropout`` (the
-    same items for the whole batch, so one item is not half-dropped), and items with no
-    content always keep theirs. Items without a trained id row (published after training)
-    have a zero id row and are their content alone."""
 
-    def __init__(self, vocab_size: int, dim: int, tokens: ContentTokens, buckets: int = 1 << 18,
-                 id_dropout: float = 0.5):
+@dataclass(frozen=True)
+class ContentSpec:
+    """The content path of a model (saved with its constructor arguments): hash ``buckets``
+    (0: no content path), the size of the catalog's ``embedding`` (0: none) and the share
+    of items whose id part is dropped in each training step."""
+    buckets: int = 1 << 18
+    embedding_dim: int = 0
+    id_dropout: float = 0.5
+
+
+class ItemContent(nn.Module):
+    """The content half of a model's item vectors: item vector = id row + content vector.
+
+    The encoder's weights are the model's; the tokens are not (non-persistent buffers, set
+    with ``set_tokens``): they come from the catalog of the day, so a model scores items
+    published after it was trained, and an edited title changes its item's vector.
+
+    While training, each item's id part is dropped with probability ``id_dropout`` (one
+    draw per item per call, DropoutNet), and items without content always keep theirs, so
+    the content path alone must carry the meaning of an item."""
+
+    def __init__(self, dim: int, spec: ContentSpec):
         super().__init__()
-        if tokens.n_items != vocab_size:
-            raise ValueError(f"content tokens for {tokens.n_items} items, vocabulary of {vocab_size}")
-        self.id_dropout = id_dropout
-        self.item_emb = nn.Embedding(vocab_size, dim, padding_idx=0)
-        nn.init.normal_(self.item_emb.weight, std=dim ** -0.5)
-        with torch.no_grad():
-            self.item_emb.weight[0] = 0.0
-        emb_dim = 0 if tokens.embedding is None else tokens.embedding.shape[1]
-        self.content = ContentEncoder(dim, buckets, emb_dim)
-        self.register_buffer("ids", torch.as_tensor(tokens.ids))
-        self.register_buffer("offsets", torch.as_tensor(tokens.offsets))
-        self.register_buffer("embedding", None if tokens.embedding is None
-                             else torch.as_tensor(tokens.embedding))
-        self.register_buffer("has_content", torch.as_tensor(tokens.has_content))
+        self.spec = spec
+        self.encoder = ContentEncoder(dim, spec.buckets, spec.embedding_dim)
+        self.set_tokens(ContentTokens(np.zeros(0, np.int64), np.zeros(1, np.int64), None, np.zeros(0, bool)))
 
-    def content_vectors(self) -> torch.Tensor:
-        """(vocab_size, dim): every item's content vector (row 0, padding, is zero)."""
-        out = self.content(self.ids, self.offsets, self.embedding)
-        return out * self.has_content.unsqueeze(1).to(out.dtype)
+    def set_tokens(self, tokens: ContentTokens) -> None:
+        if tokens.embedding is not None and tokens.embedding.shape[1] != self.spec.embedding_dim:
+            raise ValueError(f"the catalog's embeddings have size {tokens.embedding.shape[1]}, the model "
+                             f"was built for {self.spec.embedding_dim}")
+        device = self.encoder.bag.weight.device
+        self.register_buffer("ids", torch.as_tensor(tokens.ids, device=device), persistent=False)
+        self.register_buffer("offsets", torch.as_tensor(tokens.offsets, device=device), persistent=False)
+        emb = None
+        if self.spec.embedding_dim:
+            emb = torch.zeros(tokens.n_items, self.spec.embedding_dim) if tokens.embedding is None \
+                else torch.as_tensor(tokens.embedding)
+            emb = emb.to(device)
+        self.register_buffer("embedding", emb, persistent=False)
+        self.register_buffer("has_content", torch.as_tensor(tokens.has_content, device=device),
+                             persistent=False)
 
-    def matrix(self) -> torch.Tensor:
-        """(vocab_size, dim) item vectors; id parts dropped at random while training."""
-        ids = self.item_emb.weight
-        if self.training and self.id_dropout > 0:
-            drop = (torch.rand(len(ids), device=ids.device) < self.id_dropout) & self.has_content
-            ids = ids * (~drop).unsqueeze(1).to(ids.dtype)
-        return ids + self.content_vectors()
+    def vectors(self, idx: torch.Tensor) -> torch.Tensor:
+        """Content vectors of item indices ``idx`` (any shape); zero for items without content
+        or beyond the tokens."""
+        flat = idx.reshape(-1)
+        n = len(self.has_content)
+        inside = flat < n
+        safe = torch.where(inside, flat, torch.zeros_like(flat))
+        starts, ends = self.offsets[safe], self.offsets[safe + 1]
+        lengths = torch.where(inside, ends - starts, torch.zeros_like(starts))
+        # the chosen items' token rows, one bag after another
+        first = torch.repeat_interleave(starts - torch.cumsum(lengths, 0) + lengths, lengths)
+        rows = self.ids[first + torch.arange(int(lengths.sum()), device=idx.device)]
+        bag_offsets = torch.cumsum(lengths, 0) - lengths
+        emb = None if self.embedding is None else self.embedding[safe]
+        out = self.encoder(rows, torch.cat([bag_offsets, lengths.sum().reshape(1)]), emb)
+        keep = (inside & self.has_content[safe]).unsqueeze(1).to(out.dtype)
+        return (out * keep).reshape(*idx.shape, -1)
+
+    def combine(self, id_rows: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Id rows of ``idx`` plus their content vectors (id parts dropped while training)."""
+        if self.training and self.spec.id_dropout > 0:
+            n = max(len(self.has_content), int(idx.max()) + 1 if idx.numel() else 1)
+            has = F.pad(self.has_content, (0, n - len(self.has_content)))
+            drop = (torch.rand(n, device=idx.device) < self.spec.id_dropout) & has
+            id_rows = id_rows * (~drop[idx]).unsqueeze(-1).to(id_rows.dtype)
+        return id_rows + self.vectors(idx).to(id_rows.dtype)
+
+
+class WithContent:
+    """For a model with an ``item_emb`` table: item rows are id rows, plus content when the
+    model was built with a content path (``content``: ``ContentSpec`` fields)."""
+
+    item_emb: nn.Embedding
+    item_content: ItemContent | None
+
+    def init_content(self, dim: int, content: dict | None) -> None:
+        self.item_content = ItemContent(dim, ContentSpec(**content)) if content else None
+
+    def item_rows(self, idx: torch.Tensor) -> torch.Tensor:
+        rows = self.item_emb(idx)
+        return rows if self.item_content is None else self.item_content.combine(rows, idx)
+
+    def all_item_rows(self) -> torch.Tensor:
+        """Every item's row (the id table itself when there is no content path)."""
+        if self.item_content is None:
+            return self.item_emb.weight
+        return self.item_rows(torch.arange(self.item_emb.num_embeddings, device=self.item_emb.weight.device))

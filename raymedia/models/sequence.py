@@ -1,6 +1,6 @@
 """Causal transformer over a user's recent events (SASRec-style, pre-LayerNorm).
 
-Inputs per position: item, event type, dwell time and the time gap to the
+Inputs per position: item (id, plus content: ``models/content.py``), event type, dwell time and the time gap to the
 previous event. Heads: next item (item embeddings tied with the input table),
 next item's category, and P(return within the horizon) read at the state of
 the last event before the cutoff, together with how long ago it was.
@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raymedia.features import NUM_DWELL_BUCKETS, NUM_TIME_BUCKETS
+from raymedia.models.content import WithContent
 from raymedia.models.two_tower import TwoTowerModel
 from raymedia.schema import NUM_EVENT_CODES
 
@@ -94,12 +95,13 @@ class Block(nn.Module):
         return x + self.drop(self.mlp(self.ln2(x)))
 
 
-class SequenceModel(nn.Module):
+class SequenceModel(WithContent, nn.Module):
     def __init__(self, vocab_size: int, num_categories: int, max_len: int, dim: int = 64,
                  layers: int = 2, heads: int = 2, dropout: float = 0.2,
                  return_weight: float = 0.5, category_weight: float = 0.2,
                  loss: str = "softmax", num_negatives: int = 256, gbce_t: float = 0.75,
-                 item_category: torch.Tensor | None = None, popularity: torch.Tensor | None = None):
+                 item_category: torch.Tensor | None = None, popularity: torch.Tensor | None = None,
+                 content: dict | None = None):
         super().__init__()
         if loss not in ("softmax", "sampled", "gbce"):
             raise ValueError(f"sequence loss must be softmax, sampled or gbce, got {loss!r}")
@@ -107,6 +109,7 @@ class SequenceModel(nn.Module):
         self.loss, self.num_negatives, self.gbce_t = loss, num_negatives, gbce_t
         self.return_weight, self.category_weight = return_weight, category_weight
         self.item_emb = nn.Embedding(vocab_size, dim, padding_idx=0)
+        self.init_content(dim, content)
         self.pos_emb = nn.Embedding(max_len, dim)
         self.event_emb = nn.Embedding(NUM_EVENT_CODES, dim, padding_idx=0)
         self.gap_emb = nn.Embedding(NUM_TIME_BUCKETS, dim, padding_idx=0)
@@ -133,7 +136,7 @@ class SequenceModel(nn.Module):
         pos = torch.arange(L, device=items.device)
         if dwell is None:
             dwell = (items > 0).long()          # 'no dwell known'
-        x = (self.item_emb(items) * math.sqrt(self.dim) + self.pos_emb(pos)
+        x = (self.item_rows(items) * math.sqrt(self.dim) + self.pos_emb(pos)
              + self.event_emb(events) + self.gap_emb(gaps) + self.dwell_emb(dwell))
         x = self.dropout(x * (items > 0).unsqueeze(-1))
         for block in self.blocks:
@@ -145,7 +148,7 @@ class SequenceModel(nn.Module):
         return h[torch.arange(h.shape[0], device=h.device), pos]
 
     def item_matrix(self) -> torch.Tensor:
-        return self.item_emb.weight
+        return self.all_item_rows()
 
     def return_logit(self, h: torch.Tensor, batch: dict) -> torch.Tensor:
         state = self._at(h, batch["ret_pos"])
@@ -167,15 +170,15 @@ class SequenceModel(nn.Module):
 
     def item_loss(self, hv: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """Next-item loss of states ``hv`` (N, d) whose next items are ``pos`` (N,)."""
-        w = self.item_emb.weight
         if self.loss == "softmax":
-            return chunked_cross_entropy(hv, w[1:], pos - 1)
-        n_items = w.shape[0] - 1
+            return chunked_cross_entropy(hv, self.all_item_rows()[1:], pos - 1)
+        n_items = self.item_emb.num_embeddings - 1
+        rows = self.item_rows
         if self.loss == "sampled":
             neg = torch.multinomial(self.sample_prob, self.num_negatives, replacement=True)
             logq = torch.log(self.sample_prob)
-            pos_logit = (hv * w[pos]).sum(-1) - logq[pos]
-            neg_logit = hv @ w[neg].T - logq[neg]
+            pos_logit = (hv * rows(pos)).sum(-1) - logq[pos]
+            neg_logit = hv @ rows(neg).T - logq[neg]
             neg_logit = neg_logit.masked_fill(pos.unsqueeze(1) == neg.unsqueeze(0), float("-inf"))
             logits = torch.cat([pos_logit.unsqueeze(1), neg_logit], 1)
             return F.cross_entropy(logits, torch.zeros(len(pos), dtype=torch.long, device=pos.device))
@@ -186,8 +189,8 @@ class SequenceModel(nn.Module):
         neg = neg.clamp(max=n_items)
         alpha = k / max(n_items - 1, 1)
         beta = alpha * (self.gbce_t * (1 - 1 / alpha) + 1 / alpha)
-        pos_logit = (hv * w[pos]).sum(-1)
-        neg_logit = torch.einsum("nd,nkd->nk", hv, w[neg])
+        pos_logit = (hv * rows(pos)).sum(-1)
+        neg_logit = torch.einsum("nd,nkd->nk", hv, rows(neg))
         loss = -(beta * F.logsigmoid(pos_logit) + F.logsigmoid(-neg_logit).sum(1))
         return loss.mean()
 

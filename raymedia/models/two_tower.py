@@ -5,7 +5,7 @@ embeddings, concatenated with the embeddings of the ``last_items`` most recent
 items (YouTube-DNN's "last watch", Pinterest's recent actions: the mean says what
 the user likes, the last items what they are doing now), through an MLP; there is
 no per-user id table, so unseen users score. ``last_items=0`` is the order-free
-mean alone. Item tower: item id + category through an MLP. Both L2-normalised;
+mean alone. Item tower: item id (plus content, ``models/content.py``) + category through an MLP. Both L2-normalised;
 trained with sampled softmax (in-batch + popularity-sampled negatives) and logQ
 correction so popular items are not over-penalised as negatives.
 
@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from raymedia.models.content import WithContent
 from raymedia.schema import EVENT_TYPES, EVENT_WEIGHT, NUM_EVENT_CODES
 
 
@@ -28,11 +29,12 @@ def _mlp(inp: int, hidden: int, out: int) -> nn.Module:
     return nn.Sequential(nn.Linear(inp, hidden), nn.GELU(), nn.Linear(hidden, out))
 
 
-class TwoTowerModel(nn.Module):
+class TwoTowerModel(WithContent, nn.Module):
     def __init__(self, vocab_size: int, num_categories: int, max_len: int, dim: int = 64,
                  hidden: int = 128, temperature: float = 0.07, num_negatives: int = 512,
                  positions_per_batch: int = 2048, last_items: int = 0,
-                 item_category: torch.Tensor | None = None, popularity: torch.Tensor | None = None):
+                 item_category: torch.Tensor | None = None, popularity: torch.Tensor | None = None,
+                 content: dict | None = None):
         # last_items defaults to 0 here (checkpoints written before it existed have no such
         # kwarg and an order-free user tower); the config's default is 1
         super().__init__()
@@ -41,6 +43,7 @@ class TwoTowerModel(nn.Module):
         self.temperature, self.num_negatives = temperature, num_negatives
         self.positions_per_batch, self.last_items = positions_per_batch, last_items
         self.item_emb = nn.Embedding(vocab_size, dim, padding_idx=0)
+        self.init_content(dim, content)
         self.cat_emb = nn.Embedding(num_categories, dim)
         with torch.no_grad():
             for table in (self.item_emb, self.cat_emb):
@@ -65,7 +68,7 @@ class TwoTowerModel(nn.Module):
         return (q / q.sum()).float()
 
     def _features(self, idx: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.item_emb(idx), self.cat_emb(self.item_category[idx])], -1)
+        return torch.cat([self.item_rows(idx), self.cat_emb(self.item_category[idx])], -1)
 
     def item_vectors(self, idx: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.item_tower(self._features(idx)), dim=-1)

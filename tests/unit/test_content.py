@@ -9,7 +9,9 @@ import pyarrow as pa
 import pytest
 import torch
 
-from raymedia.models.content import ContentEncoder, ItemRepresentation, bucket, item_tokens, text_tokens, tokenize
+from raymedia import models
+from raymedia.models.content import (ContentEncoder, ContentSpec, ItemContent, bucket, catalog_tokens, item_tokens,
+                                     text_tokens, tokenize)
 
 
 @pytest.fixture(autouse=True)
@@ -82,13 +84,15 @@ def test_new_items_are_ranked_by_their_content_and_id_only_items_are_not(seed):
     tok = tokenize(catalog, 2048)
     results = {}
     for name, content in (("content", tok), ("ids", tokenize(pa.table({"title": [""] * len(topic)}), 2048))):
-        rep = ItemRepresentation(len(topic), 16, content, 2048, id_dropout=0.5)
+        ids, rep = torch.nn.Embedding(len(topic), 16), ItemContent(16, ContentSpec(2048, 0, 0.5))
+        rep.set_tokens(content)
         users = torch.nn.Embedding(8, 16)
-        opt = torch.optim.Adam([*rep.parameters(), *users.parameters()], lr=0.05)
+        opt = torch.optim.Adam([*ids.parameters(), *rep.parameters(), *users.parameters()], lr=0.05)
+        everything = torch.arange(len(topic))
         old = torch.as_tensor(np.flatnonzero(~new & (topic >= 0)))
         mask = torch.as_tensor(new)                          # new items are never trained on
         for _ in range(100):
-            logits = users.weight @ rep.matrix().T
+            logits = users.weight @ rep.combine(ids.weight, everything).T
             logits = logits.masked_fill(mask | (torch.arange(len(topic)) == 0), float("-inf"))
             target = torch.as_tensor(topic)[old]
             loss = torch.nn.functional.cross_entropy(logits[target], old)
@@ -98,9 +102,45 @@ def test_new_items_are_ranked_by_their_content_and_id_only_items_are_not(seed):
         rep.eval()
         with torch.no_grad():
             # new items have no trained id rows: their id part is what training left (random init)
-            scores = users.weight @ rep.matrix().T
+            scores = users.weight @ rep.combine(ids.weight, everything).T
             scores[:, ~mask] = float("-inf")
             top = torch.topk(scores, 10, dim=1).indices
         results[name] = float((torch.as_tensor(topic)[top] == torch.arange(8).unsqueeze(1)).float().mean())
     assert results["content"] >= 0.8, results
     assert results["ids"] <= 0.4, results
+
+
+def test_item_content_vectors_of_any_items_equal_the_whole_catalogs_rows():
+    catalog = pa.table({"item_id": [7, 5, 9], "title": ["storm hits", "bears win", None],
+                        "embedding": pa.array([[1.0, 0.0], None, [0.0, 2.0]], pa.list_(pa.float32()))})
+    ids = pa.array([0, 5, 7, 9, 11])                         # a vocabulary: padding, 5, 7, 9, 11 (unlisted)
+    tok = catalog_tokens(catalog, ids, 512)
+    assert tok.has_content.tolist() == [False, True, True, True, False]
+    content = ItemContent(4, ContentSpec(512, 2, 0.0))
+    content.set_tokens(tok)
+    with torch.no_grad():
+        whole = content.vectors(torch.arange(5))
+        idx = torch.tensor([[3, 1], [9, 2]])                # any shape; 9: beyond the tokens
+        got = content.vectors(idx)
+    assert float(whole[0].abs().sum()) == 0 and float(whole[4].abs().sum()) == 0
+    assert torch.equal(got[0, 0], whole[3]) and torch.equal(got[1, 1], whole[2]) and not got[1, 0].any()
+    with pytest.raises(ValueError, match="embeddings have size 2, the model was built for 3"):
+        ItemContent(4, ContentSpec(512, 3)).set_tokens(tok)
+
+
+@pytest.mark.parametrize("kind", ["two_tower", "sequence"])
+def test_models_with_content_give_new_items_their_content_alone_and_without_it_stay_as_before(kind):
+    torch.manual_seed(0)
+    cls = models.MODELS[kind]
+    plain, with_content = cls(6, 3, 5), cls(6, 3, 5, content={"buckets": 512, "embedding_dim": 0})
+    assert not any("content" in k for k in plain.state_dict())            # old checkpoints load as before
+    assert set(with_content.state_dict()) - set(plain.state_dict()) == {"item_content.encoder.bag.weight"}
+    catalog = pa.table({"item_id": [1, 2, 3, 4, 5, 6, 7], "title": ["a", "b", "c", "d", "e", "f", "new film"]})
+    with_content.item_content.set_tokens(catalog_tokens(catalog, pa.array(range(8)), 512))
+    with_content.eval()
+    models.grow_items(with_content, torch.tensor([0, 1, 1, 2, 2, 0, 1, 1]), torch.ones(8),
+                      torch.tensor([False] + [True] * 7))
+    m = with_content.item_matrix()
+    assert m.shape[0] == 8
+    # the new item (index 7) has a zero id row: its vector is its content's alone
+    assert not with_content.item_emb.weight[7].any() and m[7].abs().sum() > 0
