@@ -37,6 +37,9 @@ from raymedia import schema, storage
 DAY_S = 86_400
 US = 1_000_000
 CATALOG_STREAM = 2**32 - 1          # second seed word of the catalog stream; never a chunk index
+TEXT_STREAM = 2**32 - 2             # the catalog's words: their own stream, so the world is as before
+SYLLABLES = ("ka", "lo", "mi", "ne", "su", "ta", "ri", "po", "ve", "da", "zu", "fe", "go", "ha", "ji", "wo")
+CATEGORY_WORDS, COMMON_WORDS = 24, 300
 
 IMPRESSION, CLICK, PLAY, COMPLETE, LIKE, SHARE = range(len(schema.EVENT_TYPES))
 
@@ -226,21 +229,61 @@ def _world(cfg: GeneratorConfig) -> _World:
     )
 
 
+def _words(rng: np.random.Generator, n: int) -> list[str]:
+    """``n`` distinct made-up words of two or three syllables."""
+    out: dict[str, None] = {}
+    while len(out) < n:
+        out["".join(rng.choice(SYLLABLES, int(rng.integers(2, 4))))] = None
+    return list(out)
+
+
+def _texts(cfg: GeneratorConfig, w: _World) -> dict[str, list]:
+    """Titles, descriptions and tags whose words carry what an item is: each category has
+    its own words, a series has a name its episodes share, the rest is common filler. Drawn
+    from their own stream, so the events are the same with or without them."""
+    rng = np.random.default_rng([cfg.seed, TEXT_STREAM])
+    vocab = _words(rng, CATEGORY_WORDS * cfg.categories + COMMON_WORDS)
+    topic = [vocab[c * CATEGORY_WORDS:(c + 1) * CATEGORY_WORDS] for c in range(cfg.categories)]
+    common = vocab[CATEGORY_WORDS * cfg.categories:]
+    names: dict[int, str] = {}
+    titles, descriptions, tags = [], [], []
+    for c, s, e in zip(w.category.tolist(), w.series.tolist(), w.episode.tolist()):
+        own = rng.choice(topic[c], 8, replace=False).tolist()
+        if s > 0:
+            name = names.setdefault(s, " ".join([*rng.choice(topic[c], 2, replace=False), rng.choice(common)]).title())
+            titles.append(f"{name} {e}")
+        else:
+            name = None
+            titles.append(" ".join([*own[:2], rng.choice(common)]).capitalize())
+        descriptions.append(" ".join([*own[2:], *rng.choice(common, 4)]) + ".")
+        tags.append(own[:2] + ([name.lower()] if name else []))
+    return {"title": titles, "description": descriptions, "tags": tags}
+
+
 def make_catalog(cfg: GeneratorConfig) -> pa.Table:
-    """The item catalog, conforming to ``schema.CATALOG``."""
+    """The item catalog: ``schema.CATALOG`` plus content columns (description, tags,
+    series_id, episode, duration_s)."""
     w = _world(cfg)
     ids = np.arange(1, cfg.items + 1, dtype=np.int64)
-    titles = [f"Series {s} ep {e}" if s > 0 else f"Item {i}"
-              for i, s, e in zip(ids.tolist(), w.series.tolist(), w.episode.tolist())]
+    text = _texts(cfg, w)
     names = pa.array([f"cat_{c:02d}" for c in range(cfg.categories)])
     start_us = _epoch_us(cfg.start)
-    return pa.Table.from_arrays([
+    is_ep = w.series > 0
+    base = pa.Table.from_arrays([
         pa.array(ids),
-        pa.array(titles, pa.string()),
+        pa.array(text["title"], pa.string()),
         pa.DictionaryArray.from_arrays(pa.array(w.category, pa.int32()), names).cast(pa.string()),
         pa.array(start_us + w.pub_s.astype(np.int64) * US, schema.TS_TYPE),
         pa.array(w.available),
     ], schema=schema.CATALOG)
+    return schema.conform_catalog(base.append_column("description", pa.array(text["description"]))
+                                  .append_column("tags", pa.array(text["tags"], pa.list_(pa.string())))
+                                  .append_column("series_id", pa.array([f"s{s}" if s > 0 else None
+                                                                        for s in w.series.tolist()]))
+                                  .append_column("episode", pa.array(np.where(is_ep, w.episode, 0), pa.int32(),
+                                                                     mask=~is_ep))
+                                  .append_column("duration_s", pa.array(w.duration_s, pa.float32())),
+                                  "generator")
 
 
 def _epoch_us(day: datetime.date) -> int:

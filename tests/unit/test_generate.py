@@ -63,8 +63,10 @@ def test_events_and_catalog_conform_to_contracts(generated):
     stored = events.drop_columns(["dt"])
     assert stored.schema.names == schema.EVENTS.names
     assert stored.schema.types == schema.EVENTS.types
-    assert catalog.schema.names == schema.CATALOG.names
-    assert catalog.schema.types == schema.CATALOG.types
+    content = [f.name for f in schema.CATALOG_CONTENT if f.name in catalog.column_names]
+    assert catalog.schema.names == schema.CATALOG.names + content
+    assert content == ["description", "tags", "series_id", "episode", "duration_s"]
+    assert schema.conform_catalog(catalog).equals(catalog)
     assert schema.validate_events(events, "generated")[1].num_rows == 0   # dt checked too
     assert set(events["event"].to_pylist()) <= set(schema.EVENT_TYPES)
 
@@ -87,11 +89,30 @@ def test_catalog_world(generated):
     new = np.mean([p >= start for p in catalog["published_at"].to_pylist()])
     assert 0.01 < new < 0.12
     assert 0.9 < np.mean(catalog["available"].to_numpy()) < 1.0
-    titles = catalog["title"].to_pylist()
-    series = np.mean([t.startswith("Series ") for t in titles])
-    assert 0.2 < series < 0.4
-    assert all(t.startswith(("Series ", "Item ")) for t in titles)
+    series = catalog["series_id"].is_valid().to_numpy(zero_copy_only=False)
+    assert 0.2 < series.mean() < 0.4
     assert set(catalog["category"].to_pylist()) == {f"cat_{c:02d}" for c in range(16)}
+
+
+def test_catalog_words_say_what_an_item_is(generated):
+    """A series' episodes share its name; a category's items share its words, and two
+    categories share none: content a model can learn new items from."""
+    _, _, catalog = generated
+    rows = catalog.to_pylist()
+    by_series: dict = {}
+    for r in rows:
+        if r["series_id"]:
+            by_series.setdefault(r["series_id"], []).append(r)
+    for eps in by_series.values():
+        names = {r["title"].rsplit(" ", 1)[0] for r in eps}
+        assert len(names) == 1 and all(r["title"].endswith(f" {r['episode']}") for r in eps)
+        assert all(r["tags"][-1] == names.pop().lower() for r in eps[:1])
+    words: dict = {}
+    for r in rows:
+        words.setdefault(r["category"], set()).update(r["tags"][:2])
+    cats = sorted(words)
+    assert all(not (words[a] & words[b]) for a in cats for b in cats if a < b)
+    assert all(r["description"].endswith(".") and len(r["description"].split()) == 10 for r in rows)
 
 
 def test_popularity_is_heavy_tailed(generated):
@@ -105,10 +126,10 @@ def test_series_are_watched_in_order(generated):
     _, events, catalog = generated
     next_ep = {}
     by_episode = {}
-    for item, title in zip(catalog["item_id"].to_pylist(), catalog["title"].to_pylist()):
-        if title.startswith("Series "):
-            _, series, _, ep = title.split()
-            by_episode[(series, int(ep))] = item
+    for item, series, ep in zip(catalog["item_id"].to_pylist(), catalog["series_id"].to_pylist(),
+                                catalog["episode"].to_pylist()):
+        if series is not None:
+            by_episode[(series, ep)] = item
     for (series, ep), item in by_episode.items():
         if (series, ep + 1) in by_episode:
             next_ep[item] = by_episode[(series, ep + 1)]
