@@ -237,3 +237,78 @@ class WithContent:
         if self.item_content is None:
             return self.item_emb.weight
         return self.item_rows(torch.arange(self.item_emb.num_embeddings, device=self.item_emb.weight.device))
+
+
+@dataclass(frozen=True)
+class CategoryFill:
+    """Categories predicted from content for catalog rows that have none (text
+    classification, fastText-style), with the accuracy measured on a held-out share of the
+    rows that have one (None when too few have one to hold any out)."""
+    category: pa.Array                # the catalog's categories, nulls/"unknown" filled where content allows
+    predicted: int                    # rows given a predicted category
+    accuracy: float | None
+    held_out: int
+
+
+def fill_categories(catalog: pa.Table, buckets: int = 1 << 16, dim: int = 16, epochs: int = 30,
+                    seed: int = 0) -> CategoryFill:
+    """Predict a category for rows whose category is missing or 'unknown' from their other
+    content (title, description, tags, ...; never the category itself). One in five
+    labelled rows, chosen by a hash of the item id, is held out to report the accuracy;
+    the model used for the predictions is then trained on all labelled rows."""
+    import pyarrow.compute as pc
+    names = pc.fill_null(catalog["category"], "unknown").combine_chunks()
+    labelled = pc.not_equal(names, "unknown").to_numpy(zero_copy_only=False)
+    tokens = tokenize(catalog.drop_columns(["category"]), buckets)
+    wanted = ~labelled & tokens.has_content
+    classes = sorted(set(names.filter(pa.array(labelled)).to_pylist()))
+    if not wanted.any() or len(classes) < 2:
+        return CategoryFill(names, 0, None, 0)
+    y = np.array([classes.index(c) if ok else -1 for c, ok in zip(names.to_pylist(), labelled)])
+    ids = catalog["item_id"].cast(pa.string()).to_pylist()
+    held = labelled & np.array([zlib.crc32(i.encode()) % 5 == 0 for i in ids])
+    accuracy = None
+    if held.sum() >= 5 and (labelled & ~held).any():
+        model = _fit_classifier(tokens, y, labelled & ~held, len(classes), buckets, dim, epochs, seed)
+        accuracy = float((_classify(model, tokens, held) == y[held]).mean())
+    model = _fit_classifier(tokens, y, labelled, len(classes), buckets, dim, epochs, seed)
+    out = np.array(names.to_pylist(), dtype=object)
+    out[wanted] = [classes[c] for c in _classify(model, tokens, wanted)]
+    return CategoryFill(pa.array(out.tolist(), pa.string()), int(wanted.sum()), accuracy, int(held.sum()))
+
+
+def _bags(tokens: ContentTokens, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """The flat bag of the chosen rows (bool mask)."""
+    pick = np.flatnonzero(rows)
+    lengths = tokens.offsets[pick + 1] - tokens.offsets[pick]
+    ids = np.concatenate([tokens.ids[a:b] for a, b in zip(tokens.offsets[pick], tokens.offsets[pick + 1])]
+                         + [np.zeros(0, np.int64)])
+    return torch.as_tensor(ids), torch.as_tensor(np.r_[0, np.cumsum(lengths)[:-1]].astype(np.int64))
+
+
+def _fit_classifier(tokens: ContentTokens, y: np.ndarray, rows: np.ndarray, n_classes: int,
+                    buckets: int, dim: int, epochs: int, seed: int) -> nn.Module:
+    gen = torch.Generator().manual_seed(seed)
+    bag = nn.EmbeddingBag(buckets, dim, mode="mean", padding_idx=0)
+    head = nn.Linear(dim, n_classes)
+    with torch.no_grad():
+        bag.weight.normal_(0, dim ** -0.5, generator=gen)
+        head.weight.normal_(0, dim ** -0.5, generator=gen)
+        head.bias.zero_()
+    model = nn.Sequential()
+    model.bag, model.head = bag, head
+    ids, offsets = _bags(tokens, rows)
+    target = torch.as_tensor(y[rows])
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(epochs):                  # full batch: catalogs are small next to logs
+        loss = F.cross_entropy(head(bag(ids, offsets)), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model
+
+
+def _classify(model: nn.Module, tokens: ContentTokens, rows: np.ndarray) -> np.ndarray:
+    ids, offsets = _bags(tokens, rows)
+    with torch.no_grad():
+        return model.head(model.bag(ids, offsets)).argmax(1).numpy()
