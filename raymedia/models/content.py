@@ -140,11 +140,12 @@ class ContentEncoder(nn.Module):
 
 
 def catalog_tokens(catalog: pa.Table, item_ids: pa.Array, buckets: int) -> ContentTokens:
-    """Tokens of the items ``item_ids`` (a vocabulary's ids by index; index 0 is padding)
-    from the catalog rows with those ids; items the catalog lacks get no content."""
+    """Tokens of vocabulary indices 0..n (``item_ids[i]`` has index i + 1, as in ``Vocab``;
+    index 0 is padding) from the catalog rows with those ids; items the catalog lacks get
+    no content."""
     import pyarrow.compute as pc
     at = pc.index_in(item_ids, value_set=catalog["item_id"].cast(item_ids.type))
-    return tokenize(catalog.take(at), buckets)
+    return tokenize(catalog.take(pa.concat_arrays([pa.nulls(1, at.type), at])), buckets)
 
 
 @dataclass(frozen=True)

@@ -113,7 +113,7 @@ def test_new_items_are_ranked_by_their_content_and_id_only_items_are_not(seed):
 def test_item_content_vectors_of_any_items_equal_the_whole_catalogs_rows():
     catalog = pa.table({"item_id": [7, 5, 9], "title": ["storm hits", "bears win", None],
                         "embedding": pa.array([[1.0, 0.0], None, [0.0, 2.0]], pa.list_(pa.float32()))})
-    ids = pa.array([0, 5, 7, 9, 11])                         # a vocabulary: padding, 5, 7, 9, 11 (unlisted)
+    ids = pa.array([5, 7, 9, 11])                           # a vocabulary: padding, 5, 7, 9, 11 (unlisted)
     tok = catalog_tokens(catalog, ids, 512)
     assert tok.has_content.tolist() == [False, True, True, True, False]
     content = ItemContent(4, ContentSpec(512, 2, 0.0))
@@ -136,7 +136,7 @@ def test_models_with_content_give_new_items_their_content_alone_and_without_it_s
     assert not any("content" in k for k in plain.state_dict())            # old checkpoints load as before
     assert set(with_content.state_dict()) - set(plain.state_dict()) == {"item_content.encoder.bag.weight"}
     catalog = pa.table({"item_id": [1, 2, 3, 4, 5, 6, 7], "title": ["a", "b", "c", "d", "e", "f", "new film"]})
-    with_content.item_content.set_tokens(catalog_tokens(catalog, pa.array(range(8)), 512))
+    with_content.item_content.set_tokens(catalog_tokens(catalog, pa.array(range(1, 8)), 512))
     with_content.eval()
     models.grow_items(with_content, torch.tensor([0, 1, 1, 2, 2, 0, 1, 1]), torch.ones(8),
                       torch.tensor([False] + [True] * 7))
