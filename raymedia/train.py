@@ -37,6 +37,7 @@ import torch
 from raymedia import checkpoint, features, models, ranking, storage
 from raymedia.config import Config
 from raymedia.data.vocab import Vocab
+from raymedia.schema import US_PER_DAY
 
 log = logging.getLogger(__name__)
 OPTIMIZER = "optimizer.pt"
@@ -109,7 +110,7 @@ def training_rows(histories: ray.data.Dataset, cfg: Config, asof_us: int) -> ray
     """History rows -> padded training sequences (last event held out for evaluation)."""
     def rows(batch: pa.Table) -> dict[str, np.ndarray]:
         x = features.batch_inputs(batch, "train", cfg.data.history_len, asof_us,
-                                  cfg.data.return_horizon_days * 86_400_000_000,
+                                  cfg.data.return_horizon_days * US_PER_DAY,
                                   cfg.train.val_share)[1]
         if cfg.score.exclude_seen:
             x["targets"] = novel_targets(x["items"], x["targets"])

@@ -11,8 +11,9 @@ from raymedia import quality
 from raymedia.cli import main
 from raymedia.data import state
 from raymedia.data.importers import import_events
+from raymedia.schema import US_PER_DAY
 
-DAY = state.US_PER_DAY
+DAY = US_PER_DAY
 
 
 def test_user_state_on_ray_matches_a_pandas_reference(ray_session, tmp_path):

@@ -66,7 +66,7 @@ def test_events_and_catalog_conform_to_contracts(generated):
     assert catalog.schema.names == schema.CATALOG.names
     assert catalog.schema.types == schema.CATALOG.types
     assert schema.validate_events(events, "generated")[1].num_rows == 0   # dt checked too
-    assert set(events["event"].to_pylist()) <= set(schema.EVENT_TYPES)
+    assert set(events["event"].to_pylist()) <= set(schema.EventType.labels())
 
     dates = pc.strftime(events["ts"], format="%Y-%m-%d")
     assert pc.all(pc.equal(dates, events["dt"])).as_py()
