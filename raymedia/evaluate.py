@@ -304,11 +304,8 @@ class Evaluator(_Models):
             kept, x = self.inputs(batch, "eval")
         seen = x.get("seen", x["items"]) if self.cfg.score.exclude_seen else None
         chunk, k, n_items = self.cfg.score.item_chunk, self.cfg.eval.k, self.vocab.size
-        import pandas as pd
-        user_hash = pd.util.hash_array(np.asarray(kept["user_id"].to_pandas(), dtype=object),
-                                       categorize=False)
-        neg = torch.as_tensor(_sampled_negatives(user_hash, x["target"].cpu().numpy(), n_items),
-                              device=self.device)
+        neg = torch.as_tensor(_sampled_negatives(features.user_hash(kept["user_id"]),
+                                                 x["target"].cpu().numpy(), n_items), device=self.device)
         out = {"n_events": x["length"].cpu().numpy()}
         with torch.inference_mode():
             for name, fn in self.rankers(x).items():

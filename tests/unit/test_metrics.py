@@ -160,6 +160,23 @@ def test_summarize_reports_each_ranker_sampled_and_return_calibration():
     assert ret["brier"] == pytest.approx((0.01 + 0.04) / 2) and ret["ece"] == pytest.approx(0.15)
 
 
+def test_the_printed_table_shows_every_ranker_best_first_with_baselines_marked():
+    """The one printer of metrics.json (raymedia evaluate and raymedia demo print it)."""
+    from raymedia import report
+    rows = {"rank_a": np.array([0, 20]), "rank_popularity": np.array([5, -1]),
+            "sampled_a": np.array([0, 3]), "sampled_popularity": np.array([1, -1]),
+            "top_a": np.array([[1, 2], [1, 3]]), "top_popularity": np.array([[3, 2], [3, 2]]),
+            "p_return": np.array([0.9, 0.2]), "ret_label": np.array([1.0, 0.0]),
+            "ret_eval": np.array([True, True]), "n_events": np.array([3, 40])}
+    lines = report.table(summarize(rows, 10, popularity=np.array([0, 1, 2, 3, 4]),
+                                   exclude_seen=True)).splitlines()
+    assert lines[0].split()[:3] == ["model", "HR@10", "NDCG@10"]
+    assert lines[2].split()[:3] == ["a", "0.5000", "0.5000"]
+    assert lines[3].split()[:4] == ["popularity", "*", "0.5000", "0.1781"]     # (1/log2(7)) / 2
+    assert "(* baseline; 2 users" in lines[4] and "seen items excluded" in lines[4]
+    assert lines[5].startswith("return-within-7d: AUC 1.0000")
+
+
 def test_item_knn_by_hand():
     from raymedia.evaluate import item_knn
     # users' training histories (the last item of each row is its test item, not counted)
