@@ -16,7 +16,7 @@ Three modes share one layout:
 ``eval`` and ``score`` inputs carry ``seen``: every item the user interacted with
 before the target (eval) or at all (score), i.e. the history's ``seen`` column (the
 user state's seen set, older than the history) plus the history's items, right-padded
-with 0, the padding index, which is masked anyway. It is what ``score.exclude_seen`` masks.
+with 0, the padding index, which is masked anyway. It is what ``data.exclude_seen`` masks.
 
 The return label is defined as of ``T = asof - horizon``: the user's state at
 the last event before T, and whether any event happened in ``[T, asof)``.

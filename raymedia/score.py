@@ -73,15 +73,19 @@ class HeapTrimmer:
 class _Models:
     """Both models loaded once per actor, on the GPU when the actor has one.
 
+    ``section`` names the config section that sizes the actor (its ``num_cpus`` torch threads).
+
     ``vocab`` is the run's vocabulary: the models' own, or it extended with
     items published since they were trained; the models grow fallback rows for
     those (``models.grow_items``), so new content is scored the day it appears.
     """
 
+    section = "score"
+
     def __init__(self, model_uris: dict[str, str], cfg: Config, asof: str, vocab: Vocab | None = None):
         self.cfg = cfg
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        threads = max(1, int(cfg.score.num_cpus))
+        threads = max(1, int(getattr(cfg, self.section).num_cpus))
         torch.set_num_threads(threads)
         threadpool_limits(threads, "blas")            # numpy's BLAS computes the CPU scores
         self.models = {k: checkpoint.load(u, self.device) for k, u in model_uris.items()}
@@ -154,7 +158,7 @@ class Scorer(_Models):
         """The model work on prepared inputs: top-K of the recommender + the sequence heads."""
         rec = self.cfg.score.recommender
         # a user's full seen-item list when the histories carry one, else the history
-        seen = x.get("seen", x["items"]) if self.cfg.score.exclude_seen else None
+        seen = x.get("seen", x["items"]) if self.cfg.data.exclude_seen else None
         with torch.inference_mode():
             seq = self.models["sequence"].model
             h = seq.user_states(x)              # one transformer pass serves the top-K and both heads

@@ -63,7 +63,7 @@ def test_import_then_run_from_the_cli(tmp_path, ray_session, capsys):
     summary = json.loads(capsys.readouterr().out)
     sets = [f"data.events_uri={summary['events_uri']}", f"data.catalog_uri={summary['catalog_uri']}",
             "data.lookback_days=2", f"output.uri={out}/scores", f"output.models_uri={out}/models",
-            "train.epochs=1", "score.exclude_seen=false", "score.top_k=5", "ray.progress_bars=false"]
+            "train.epochs=1", "data.exclude_seen=false", "score.top_k=5", "ray.progress_bars=false"]
     assert main(["run", "--date", summary["next_day"], *[a for s in sets for a in ("--set", s)]]) == 0
     capsys.readouterr()
     assert main(["show", f"{out}/scores", "--dt", summary["next_day"], "--limit", "3"]) == 0
