@@ -15,8 +15,6 @@ import math
 
 import numpy as np
 
-PLOTS = ("metrics", "history_length", "calibration", "training", "popularity")
-
 
 def _png(fig) -> str:
     import matplotlib.pyplot as plt

@@ -1,9 +1,11 @@
-"""Batch scoring with Ray Data: an actor pool holding the models.
+"""Batch scoring with Ray Data: an actor pool holding the models, and the writer of its rows.
 
-``histories.map_batches(Scorer, concurrency=n, num_gpus=...)``: each actor
-loads both models once, precomputes the item matrices, and per batch computes
+``histories.map_batches(Scorer, compute=ActorPoolStrategy(size=score.concurrency), num_gpus=...)``:
+each actor loads the models once, precomputes the item matrices, and per batch computes
 user vectors and predictions and ranks the items (``raymedia.ranking``: chunked
-scores, seen and blocked items masked, exact deterministic top-K).
+scores, seen and blocked items masked, exact deterministic top-K); users without a
+usable history get the most popular items. ``write_batch`` writes the rows as
+recommendations and predictions files of the run.
 
 A user's recommendations, scores and predictions are bit-identical whatever batch
 they are scored in (size, position, actor count, thread count, run): inputs have one

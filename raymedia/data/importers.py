@@ -26,7 +26,6 @@ import pyarrow.parquet as pq
 from raymedia import schema, storage
 
 FORMATS = ("movielens", "sasrec")
-RATING_EVENTS = {5: "like", 4: "complete", 3: "play"}   # below 3: click
 
 
 @dataclass(frozen=True)
