@@ -114,7 +114,7 @@ class _Models:
         # the candidate product's copy of the items in bf16/fp16 (score.precision)
         self.low = {k: None if dtype == torch.float32 else v.to(dtype) for k, v in self.items.items()}
         self.asof_us = features.day_start_us(asof)
-        self.horizon_us = cfg.data.return_horizon_days * 86_400_000_000
+        self.horizon_us = cfg.data.return_horizon_days * schema.US_PER_DAY
         self.versions = {k: m.meta["version"] for k, m in self.models.items()}
 
     def inputs(self, batch: pa.Table, mode: str) -> tuple[pa.Table, dict[str, torch.Tensor]]:
