@@ -24,7 +24,7 @@ import time
 
 from common import ROOT, record  # noqa: F401  (puts the repo on sys.path)
 
-from raymedia import quality, storage
+from raymedia import quality, report, storage
 
 
 def detect_format(path: str) -> str:
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                         exclude_seen=exclude, catalog_uri=catalog, overrides=overrides)
         lines = markdown(m, label)
         print()
-        print(quality.table(m))
+        print(report.table(m))
         tables.append("\n".join(lines))
     elapsed = time.perf_counter() - t0
     print(f"\ndone in {elapsed:.0f}s; reports under {out}/")

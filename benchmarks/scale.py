@@ -37,6 +37,7 @@ from raymedia import config, features, pipeline  # noqa: E402
 from raymedia.data import state  # noqa: E402
 from raymedia.data.generate import GeneratorConfig, make_catalog  # noqa: E402
 from raymedia.data.vocab import Vocab  # noqa: E402
+from raymedia.schema import US_PER_DAY  # noqa: E402
 
 FILE_USERS = 100_000          # users per user_state file (a nightly run writes a few per partition)
 DISTINCT_FILES = 4            # distinct synthetic blocks, reused with fresh user ids
@@ -50,7 +51,7 @@ def state_block(rng: np.random.Generator, users: int, items: int, history: int, 
     item_ids = rng.choice(np.arange(1, items + 1), n, p=p / p.sum())
     offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
     days = rng.integers(asof_day - 14, asof_day, n).astype(np.int32)
-    ts = days.astype(np.int64) * state.US_PER_DAY + rng.integers(0, state.US_PER_DAY, n)
+    ts = days.astype(np.int64) * US_PER_DAY + rng.integers(0, US_PER_DAY, n)
 
     def lists(values) -> pa.Array:
         return pa.ListArray.from_arrays(offsets, pa.array(values))

@@ -115,11 +115,6 @@ def _vocab(blob: bytes) -> Vocab:
     return Vocab.from_table(pq.read_table(pa.BufferReader(blob)))
 
 
-def load_state(uri: str, device: str = "cpu") -> dict[str, torch.Tensor]:
-    """The verified weights of a published model (tensors only, no pickle)."""
-    return _state(read_verified(uri)[WEIGHTS], device)
-
-
 def load_vocab(uri: str) -> Vocab:
     """The verified vocabulary of a published model."""
     return _vocab(read_verified(uri)[VOCAB])

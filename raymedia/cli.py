@@ -170,20 +170,6 @@ def _quiet_logs() -> None:
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 
 
-def metrics_table(metrics: dict) -> str:
-    k = metrics.get("k", 10)
-    lines = [f"{'model':<13} {'HR@' + str(k):>8} {'NDCG@' + str(k):>9}"]
-    for name, m in sorted(metrics.get("models", {}).items(), key=lambda kv: -kv[1][f"ndcg@{k}"]):
-        lines.append(f"{name:<13} {m[f'hr@{k}']:>8.4f} {m[f'ndcg@{k}']:>9.4f}")
-    ret = metrics.get("return")
-    if ret:
-        lines.append(f"return-within-7d AUC {ret['auc']:.4f} on {ret['users']} held-out users "
-                     f"(base rate {ret['base_rate']:.2f})")
-    lines.append(f"({metrics.get('users', 0)} users, {metrics.get('protocol')}, "
-                 f"{metrics.get('ranking')} ranking)")
-    return "\n".join(lines)
-
-
 def publish_cmd(cfg, args, day: dt.date) -> int:
     """Publish a committed day and print one line saying what readers now see.
     Exit status 1 when Redis failed (readers stay on the version they had)."""
@@ -227,7 +213,7 @@ def _run(cfg, args) -> int:
 
 
 def demo(args) -> int:
-    from raymedia import pipeline
+    from raymedia import pipeline, report
     from raymedia.data.generate import GeneratorConfig, generate
 
     t0 = time.perf_counter()
@@ -244,7 +230,7 @@ def demo(args) -> int:
     day = gen.start + dt.timedelta(days=args.days)
     result = pipeline.run_day(cfg, day)
     print()
-    print(metrics_table(result.metrics))
+    print(report.table(result.metrics))
     print()
     print(f"scored {result.counts['users_scored']} users for dt={result.dt} (run {result.run_id})")
     print(f"  commit:  {result.commit_uri}")
@@ -267,11 +253,11 @@ def import_cmd(args) -> int:
 
 
 def evaluate_cmd(args) -> int:
-    from raymedia import quality
+    from raymedia import quality, report
     m = quality.run(args.events, args.out, model=args.model, exclude_seen=args.exclude_seen,
                     catalog_uri=args.catalog, checkpoint_uri=args.checkpoint, protocol=args.protocol,
                     config=args.config, overrides=args.overrides)
-    print(quality.table(m))
+    print(report.table(m))
     print(f"wrote {storage.join(args.out, 'metrics.json')} and {storage.join(args.out, 'report.html')}")
     return 0
 

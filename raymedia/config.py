@@ -32,6 +32,14 @@ def _f(default: Any, *, lo: float | None = None, hi: float | None = None, gt: fl
     return field(default=default, metadata={"lo": lo, "hi": hi, "gt": gt, "doc": doc})
 
 
+# keys that moved to the section of the stage that reads them: an old key fails naming the new
+# one (silently ignoring it, or reading it as before, would run with a setting the user did not ask for)
+MOVED = {
+    "score.exclude_seen": "data.exclude_seen",
+    "score.shuffle_partitions": "state.shuffle_partitions",
+    "data.incremental": "state.incremental",
+}
+
 # fields holding storage locations: checked as URIs (no credentials, not empty)
 URI_FIELDS = ("data.events_uri", "data.catalog_uri", "output.uri", "output.models_uri")
 
@@ -42,14 +50,24 @@ class DataConfig:
     catalog_uri: str = _f("out/demo/catalog", doc="item catalog (Parquet file or directory)")
     lookback_days: int = _f(28, lo=1, hi=36600, doc="days of logs before the run date that are read")
     history_len: int = _f(50, lo=2, hi=4096, doc="events per user kept as model input")
-    seen_days: int = _f(0, lo=0, hi=36600, doc="score.exclude_seen masks the items a user interacted with in "
+    exclude_seen: bool = _f(True, doc="never recommend an item the user has seen: scoring masks it, "
+                                      "training drops repeat targets (the models learn only what they "
+                                      "may recommend) and evaluation masks it (it measures what is "
+                                      "served); one key because the three must agree")
+    seen_days: int = _f(0, lo=0, hi=36600, doc="data.exclude_seen masks the items a user interacted with in "
                                               "the last seen_days days (0: the whole look-back window), "
                                               "plus the model input")
     return_horizon_days: int = _f(7, lo=1, hi=366, doc="horizon of the return prediction")
-    incremental: bool = _f(True, doc="nightly: merge day D-1 into the user state committed with D-1 "
-                                     "instead of re-reading the window (rebuilds when it is missing)")
     max_reject_fraction: float = _f(0.05, lo=0.0, hi=1.0,
                                     doc="share of rows breaking the contract that fails the run")
+
+
+@dataclass
+class StateConfig:
+    """The per-user state (``raymedia/data/state.py``) that scoring, training and evaluation read."""
+    incremental: bool = _f(True, doc="nightly: merge day D-1 into the user state committed with D-1 "
+                                     "instead of re-reading the window (rebuilds when it is missing)")
+    shuffle_partitions: int = _f(4, lo=1, doc="hash partitions of the user group-by that builds it")
 
 
 @dataclass
@@ -117,18 +135,22 @@ class ScoreConfig:
     batch_size: int = _f(512, lo=1, doc="users per map_batches call")
     concurrency: int = _f(1, lo=1, doc="scoring actors (one per GPU on a GPU cluster)")
     num_cpus: float = _f(1.0, lo=0.0, doc="CPUs per scoring actor")
-    exclude_seen: bool = _f(True, doc="mask items already in the user's history")
     recommender: Literal["sequence", "two_tower"] = _f("sequence", doc="model whose top-K is written")
     item_chunk: int = _f(65536, lo=1, doc="items scored per matrix product (bounds memory)")
-    shuffle_partitions: int = _f(4, lo=1, doc="hash partitions of the user group-by")
     precision: Literal["fp32", "bf16", "fp16"] = _f("fp32", doc="score matmul precision")
     rows_per_file: int = _f(200_000, lo=1, doc="users per output file (few large files per day)")
 
 
 @dataclass
 class EvalConfig:
+    """The evaluation run (``raymedia/evaluate.py``): its own actor pool, sized apart from scoring."""
     k: int = _f(10, lo=1)
     enabled: bool = _f(True)
+    batch_size: int = _f(512, lo=1, doc="users per map_batches call")
+    concurrency: int = _f(1, lo=1, doc="evaluation actors (one per GPU on a GPU cluster)")
+    num_cpus: float = _f(1.0, lo=0.0, doc="CPUs per evaluation actor (its torch threads: the whole part, "
+                                          "at least 1)")
+    item_chunk: int = _f(65536, lo=1, doc="items ranked per matrix product (bounds memory)")
 
 
 @dataclass
@@ -173,6 +195,7 @@ class RayConfig:
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
+    state: StateConfig = field(default_factory=StateConfig)
     two_tower: TwoTowerConfig = field(default_factory=TwoTowerConfig)
     sequence: SequenceConfig = field(default_factory=SequenceConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -239,6 +262,10 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(data) - set(fields)
+    moved = [f"{prefix}{u} is now {MOVED[prefix + u]}"
+             for u in sorted(map(str, unknown)) if prefix + u in MOVED]
+    if moved:
+        raise ConfigError(f"renamed config key(s): {'; '.join(moved)}; set the new key instead")
     if unknown:
         raise ConfigError(f"unknown config field(s): {', '.join(prefix + str(u) for u in sorted(map(str, unknown)))}"
                           f" (known: {', '.join(sorted(fields))})")

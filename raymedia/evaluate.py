@@ -22,7 +22,7 @@ in the same pass over the same users:
 - ``als`` and ``ease``: the strong classic baselines of ``raymedia/baselines.py``, fitted on
   every item each user saw before the test item (skipped, with the reason, when they cannot run).
 
-With ``score.exclude_seen`` every ranker masks the same items the scorer masks in
+With ``data.exclude_seen`` every ranker masks the same items the scorer masks in
 production: everything the user saw before the test item (``features``' ``seen`` input:
 the user state's seen set within ``data.seen_days`` plus the history before the target).
 
@@ -260,6 +260,8 @@ def item_knn(batches, history_len: int, vocab_size: int,
 class Evaluator(_Models):
     """Callable class for ``map_batches``: history rows -> per-user ranks of every ranker."""
 
+    section = "eval"
+
     def __init__(self, model_uris: dict[str, str], cfg: Config, asof: str, vocab: Vocab | None = None,
                  knn: np.ndarray | None = None, protocol: str = "leave-last-out",
                  recommendable: np.ndarray | None = None, fitted: baselines.Fitted | None = None):
@@ -302,13 +304,10 @@ class Evaluator(_Models):
             x["ret_mask"] = torch.ones(len(x["target"]), device=self.device)   # no return label here
         else:
             kept, x = self.inputs(batch, "eval")
-        seen = x.get("seen", x["items"]) if self.cfg.score.exclude_seen else None
-        chunk, k, n_items = self.cfg.score.item_chunk, self.cfg.eval.k, self.vocab.size
-        import pandas as pd
-        user_hash = pd.util.hash_array(np.asarray(kept["user_id"].to_pandas(), dtype=object),
-                                       categorize=False)
-        neg = torch.as_tensor(_sampled_negatives(user_hash, x["target"].cpu().numpy(), n_items),
-                              device=self.device)
+        seen = x.get("seen", x["items"]) if self.cfg.data.exclude_seen else None
+        chunk, k, n_items = self.cfg.eval.item_chunk, self.cfg.eval.k, self.vocab.size
+        neg = torch.as_tensor(_sampled_negatives(features.user_hash(kept["user_id"]),
+                                                 x["target"].cpu().numpy(), n_items), device=self.device)
         out = {"n_events": x["length"].cpu().numpy()}
         with torch.inference_mode():
             for name, fn in self.rankers(x).items():
@@ -385,8 +384,8 @@ def collect(histories: ray.data.Dataset, models: dict, cfg: Config) -> dict[str,
     """Per-user evaluation rows of every ranker (ranks are small ints; top-K lists K ints)."""
     ranked = histories.map_batches(
         Evaluator, fn_constructor_kwargs={**models, "cfg": cfg},
-        batch_size=cfg.score.batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=cfg.score.concurrency),
-        num_cpus=cfg.score.num_cpus, num_gpus=1 if _gpus() else 0)
+        batch_size=cfg.eval.batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=cfg.eval.concurrency),
+        num_cpus=cfg.eval.num_cpus, num_gpus=1 if _gpus() else 0)
     cols: dict[str, list] = {}
     for batch in ranked.iter_batches(batch_format="numpy", batch_size=None):
         for c, v in batch.items():
@@ -417,7 +416,7 @@ def evaluate(histories: ray.data.Dataset, models: dict, cfg: Config) -> dict:
                                                     cfg.baselines)}
     rows = collect(histories, models, cfg)
     pop = vocab.popularity if vocab is not None else None
-    result = summarize(rows, cfg.eval.k, pop, cfg.score.exclude_seen,
+    result = summarize(rows, cfg.eval.k, pop, cfg.data.exclude_seen,
                        models.get("protocol", "leave-last-out"))
     fitted = models.get("fitted")
     if fitted is not None:

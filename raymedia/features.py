@@ -16,7 +16,7 @@ Three modes share one layout:
 ``eval`` and ``score`` inputs carry ``seen``: every item the user interacted with
 before the target (eval) or at all (score), i.e. the history's ``seen`` column (the
 user state's seen set, older than the history) plus the history's items, right-padded
-with 0, the padding index, which is masked anyway. It is what ``score.exclude_seen`` masks.
+with 0, the padding index, which is masked anyway. It is what ``data.exclude_seen`` masks.
 
 The return label is defined as of ``T = asof - horizon``: the user's state at
 the last event before T, and whether any event happened in ``[T, asof)``.
@@ -55,7 +55,9 @@ def time_bucket(delta_us: np.ndarray) -> np.ndarray:
     return np.clip(np.floor(np.log2(1.0 + 4.0 * hours)) + 2, 2, NUM_TIME_BUCKETS - 1).astype(np.int64)
 
 
-def _user_hash(user_ids: pa.Array) -> np.ndarray:
+def user_hash(user_ids: pa.Array) -> np.ndarray:
+    """A stable 64-bit hash per user id (int or string): the one every per-user split and
+    sample draws from, so they agree across batches, runs and processes."""
     return pd.util.hash_array(np.asarray(user_ids.to_pandas(), dtype=object), categorize=False)
 
 
@@ -69,13 +71,13 @@ def dwell_bucket(dwell_s: np.ndarray) -> np.ndarray:
 
 def return_eval_users(user_ids: pa.Array) -> np.ndarray:
     """Deterministic user split: True for users whose return label is held out for AUC."""
-    return (_user_hash(user_ids) % RETURN_EVAL_SHARE) == 0
+    return (user_hash(user_ids) % RETURN_EVAL_SHARE) == 0
 
 
 def validation_users(user_ids: pa.Array, share: float = VALIDATION_SHARE) -> np.ndarray:
     """Deterministic user sample: True for the validation users of early stopping, about
     ``share`` of them (drawn independently of the return head's evaluation users)."""
-    return (_user_hash(user_ids) // RETURN_EVAL_SHARE) % 10_000 < round(share * 10_000)
+    return (user_hash(user_ids) // RETURN_EVAL_SHARE) % 10_000 < round(share * 10_000)
 
 
 def _window(flat: np.ndarray, starts: np.ndarray, ends: np.ndarray, width: int) -> np.ndarray:

@@ -93,15 +93,15 @@ def state_len(cfg: Config) -> int:
 
 
 def seen_from(cfg: Config, day: dt.date) -> int:
-    """First epoch day whose interactions ``score.exclude_seen`` masks (``data.seen_days``)."""
+    """First epoch day whose interactions ``data.exclude_seen`` masks (``data.seen_days``)."""
     days = cfg.data.seen_days or cfg.data.lookback_days
     return int(state.epoch_day(features.day_start_us(day - dt.timedelta(days=days))))
 
 
 def previous_state(cfg: Config, day: dt.date, rebuild: bool = False) -> tuple[storage.Commit | None, str]:
     """The committed user state of ``day - 1`` if this run can build on it, else why not."""
-    if not cfg.data.incremental:
-        return None, "data.incremental is off"
+    if not cfg.state.incremental:
+        return None, "state.incremental is off"
     if rebuild:
         return None, "asked to rebuild (first day of a backfill)"
     prev = day - dt.timedelta(days=1)
@@ -164,7 +164,7 @@ def prepare(cfg: Config, day: dt.date, run_id: str, secs: dict, base: Vocab | No
                 filesystem=fs, partitioning=None).map_batches(
                     state.carried_rows, batch_format="pyarrow", fn_kwargs={"first_day": first_day}))
         rows = parts[0] if len(parts) == 1 else parts[0].union(parts[1])
-        user_state = state.build(rows, state_len(cfg), cfg.score.shuffle_partitions).materialize()
+        user_state = state.build(rows, state_len(cfg), cfg.state.shuffle_partitions).materialize()
         written = user_state.map_batches(state.write_part, batch_format="pyarrow",
                                          fn_kwargs={"run_uri": out, "table": "user_state"}).take_all()
     with _timed(secs, "vocabulary"):

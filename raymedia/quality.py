@@ -85,7 +85,7 @@ def run(events_uri: str, out: str, model: str = "all", exclude_seen: bool = True
         *auto_len,
         f"data.events_uri={events_uri}", f"data.catalog_uri={catalog_uri or default_catalog(events_uri)}",
         f"data.lookback_days={(day - days[0]).days}", f"output.uri={out}/work",
-        f"output.models_uri={out}/models", f"score.exclude_seen={str(exclude_seen).lower()}",
+        f"output.models_uri={out}/models", f"data.exclude_seen={str(exclude_seen).lower()}",
         f"train.models={','.join(kinds)}", *overrides])
     secs: dict[str, float] = {}
     run_id = storage.new_run_id()
@@ -204,40 +204,3 @@ def _finite(obj):
     if isinstance(obj, (list, tuple)):
         return [_finite(v) for v in obj]
     return obj
-
-
-def table(metrics: dict) -> str:
-    """The printed table: every model and baseline, full ranking first, then sampled."""
-    k = metrics.get("k", 10)
-    sampled = metrics.get("sampled", {}).get("models", {})
-    base = set(metrics.get("baselines", []))
-    head = (f"{'model':<16} {'HR@' + str(k):>7} {'NDCG@' + str(k):>8} {'MRR':>7} {'cover':>6} "
-            f"{'popbias':>7} | {'sampled HR@' + str(k):>14} {'NDCG@' + str(k):>8}")
-    lines = [head, "-" * len(head)]
-    for name, m in sorted(metrics.get("models", {}).items(), key=lambda kv: -(kv[1][f"ndcg@{k}"] or 0)):
-        s = sampled.get(name, {})
-        label = name + (" *" if name in base else "")
-        lines.append(f"{label:<16} {_num(m[f'hr@{k}'])} {_num(m[f'ndcg@{k}'], 8)} {_num(m.get('mrr'))} "
-                     f"{_num(m.get('coverage'), 6)} {_num(m.get('popularity_bias'))} | "
-                     f"{_num(s.get(f'hr@{k}'), 14)} {_num(s.get(f'ndcg@{k}'), 8)}")
-    ret = metrics.get("return")
-    seen = {True: "seen items excluded", False: "repeats allowed", None: ""}[metrics.get("exclude_seen")]
-    lines.append(f"(* baseline; {metrics.get('users', 0)} users, {metrics.get('protocol')}, "
-                 f"{metrics.get('ranking')} ranking over {metrics.get('catalog_items')} items, {seen}; "
-                 f"sampled: {metrics.get('sampled', {}).get('negatives')} random negatives)")
-    fits = metrics.get("baseline_fits") or {}
-    if fits:
-        lines.append("baselines: " + "; ".join(
-            f"{n} fitted in {f['seconds']:.1f}s" if "seconds" in f else f"{n} skipped ({f.get('skipped')})"
-            for n, f in sorted(fits.items())))
-    if ret:
-        lines.append(f"return-within-7d: AUC {_num(ret.get('auc')).strip()}, ECE {_num(ret.get('ece')).strip()}, "
-                     f"Brier {_num(ret.get('brier')).strip()} on {ret['users']} held-out users "
-                     f"(base rate {_num(ret.get('base_rate')).strip()})")
-    return "\n".join(lines)
-
-
-def _num(v, width: int = 7) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return f"{'-':>{width}}"
-    return f"{v:>{width}.4f}"

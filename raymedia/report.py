@@ -15,8 +15,6 @@ import math
 
 import numpy as np
 
-PLOTS = ("metrics", "history_length", "calibration", "training", "popularity")
-
 
 def _png(fig) -> str:
     import matplotlib.pyplot as plt
@@ -154,6 +152,44 @@ def _fmt(v) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "-"
     return f"{v:.4f}" if isinstance(v, float) else html.escape(str(v))
+
+
+def table(metrics: dict) -> str:
+    """metrics.json as the printed table (``raymedia evaluate``, ``raymedia demo``): every model
+    and baseline, full ranking first, then sampled."""
+    k = metrics.get("k", 10)
+    sampled = metrics.get("sampled", {}).get("models", {})
+    base = set(metrics.get("baselines", []))
+    head = (f"{'model':<16} {'HR@' + str(k):>7} {'NDCG@' + str(k):>8} {'MRR':>7} {'cover':>6} "
+            f"{'popbias':>7} | {'sampled HR@' + str(k):>14} {'NDCG@' + str(k):>8}")
+    lines = [head, "-" * len(head)]
+    for name, m in sorted(metrics.get("models", {}).items(), key=lambda kv: -(kv[1][f"ndcg@{k}"] or 0)):
+        s = sampled.get(name, {})
+        label = name + (" *" if name in base else "")
+        lines.append(f"{label:<16} {_num(m[f'hr@{k}'])} {_num(m[f'ndcg@{k}'], 8)} {_num(m.get('mrr'))} "
+                     f"{_num(m.get('coverage'), 6)} {_num(m.get('popularity_bias'))} | "
+                     f"{_num(s.get(f'hr@{k}'), 14)} {_num(s.get(f'ndcg@{k}'), 8)}")
+    ret = metrics.get("return")
+    seen = {True: "seen items excluded", False: "repeats allowed", None: ""}[metrics.get("exclude_seen")]
+    lines.append(f"(* baseline; {metrics.get('users', 0)} users, {metrics.get('protocol')}, "
+                 f"{metrics.get('ranking')} ranking over {metrics.get('catalog_items')} items, {seen}; "
+                 f"sampled: {metrics.get('sampled', {}).get('negatives')} random negatives)")
+    fits = metrics.get("baseline_fits") or {}
+    if fits:
+        lines.append("baselines: " + "; ".join(
+            f"{n} fitted in {f['seconds']:.1f}s" if "seconds" in f else f"{n} skipped ({f.get('skipped')})"
+            for n, f in sorted(fits.items())))
+    if ret:
+        lines.append(f"return-within-7d: AUC {_num(ret.get('auc')).strip()}, ECE {_num(ret.get('ece')).strip()}, "
+                     f"Brier {_num(ret.get('brier')).strip()} on {ret['users']} held-out users "
+                     f"(base rate {_num(ret.get('base_rate')).strip()})")
+    return "\n".join(lines)
+
+
+def _num(v, width: int = 7) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return f"{'-':>{width}}"
+    return f"{v:>{width}.4f}"
 
 
 def render(m: dict) -> str:

@@ -8,24 +8,59 @@ a model.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 
 import numpy as np
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-# Event types in increasing order of engagement. The code is the index + 1
-# (0 is padding in model inputs); the weight says how much an event tells
-# about taste, used when pooling histories.
-EVENT_TYPES: tuple[str, ...] = ("impression", "click", "play", "complete", "like", "share")
-EVENT_CODE: dict[str, int] = {name: i + 1 for i, name in enumerate(EVENT_TYPES)}
-EVENT_WEIGHT: dict[str, float] = {
-    "impression": 0.0, "click": 0.5, "play": 1.0, "complete": 1.5, "like": 2.0, "share": 2.0,
+class EventType(enum.IntEnum):
+    """Event types in increasing order of engagement. ``events`` files name them in lower
+    case (``"play"``); user states (their ``events`` column) and model inputs hold the code.
+    The codes are written to disk and learned by models (embedding rows, pooling weights), so
+    they never change: 0 is padding, a new type takes the next free code."""
+    IMPRESSION = 1
+    CLICK = 2
+    PLAY = 3
+    COMPLETE = 4
+    LIKE = 5
+    SHARE = 6
+
+    @property
+    def label(self) -> str:
+        """The name in the events contract."""
+        return self.name.lower()
+
+    @classmethod
+    def labels(cls) -> tuple[str, ...]:
+        """Every valid ``event`` value of the events contract, in code order."""
+        return tuple(e.label for e in cls)
+
+    @classmethod
+    def encode(cls, names: pa.Array | pa.ChunkedArray) -> pa.Array:
+        """Contract names -> int8 codes (null for a name that is not an event type)."""
+        codes = pa.array([e.value for e in cls], pa.int8())
+        return codes.take(pc.index_in(names, value_set=pa.array(cls.labels())))
+
+    @classmethod
+    def decode(cls, codes) -> pa.Array:
+        """Codes (an integer array) -> contract names."""
+        names = [None] * NUM_EVENT_CODES
+        for e in cls:
+            names[e] = e.label
+        return pa.array(names, pa.string()).take(pa.array(codes))
+
+
+NUM_EVENT_CODES = max(EventType) + 1        # with the padding code 0: the models' embedding rows
+# How much an event tells about taste, used when pooling histories.
+EVENT_WEIGHT: dict[EventType, float] = {
+    EventType.IMPRESSION: 0.0, EventType.CLICK: 0.5, EventType.PLAY: 1.0,
+    EventType.COMPLETE: 1.5, EventType.LIKE: 2.0, EventType.SHARE: 2.0,
 }
-NUM_EVENT_CODES = len(EVENT_TYPES) + 1
+US_PER_DAY = 86_400_000_000                 # microseconds (the unit of every timestamp) per day
 
 TS_TYPE = pa.timestamp("us", tz="UTC")
-ID_TYPES = (pa.int64(), pa.string())
 
 EVENTS = pa.schema([
     pa.field("user_id", pa.int64(), nullable=False),
@@ -299,7 +334,7 @@ def validate_events(raw: pa.Table, source: str) -> tuple[pa.Table, pa.Table]:
     rules = [
         pc.is_null(events["user_id"]), pc.is_null(events["item_id"]),
         pc.and_(pc.is_null(ts), pc.invert(bad_ts)), bad_ts,
-        pc.invert(pc.fill_null(pc.is_in(events["event"], value_set=pa.array(EVENT_TYPES)), False)),
+        pc.invert(pc.fill_null(pc.is_in(events["event"], value_set=pa.array(EventType.labels())), False)),
         pc.fill_null(pc.less(dwell, 0), False),
     ]
     if "dt" in raw.column_names:
@@ -334,7 +369,7 @@ def _outside_partition(ts: pa.Array, partition: pa.Array) -> pa.Array:
     distinct = pc.unique(values)
     part_day = pa.array([_epoch_day(v) for v in distinct.to_pylist()], pa.int64()).take(
         pc.index_in(values, value_set=distinct))
-    row_day = np.floor_divide(pc.fill_null(pc.cast(ts, pa.int64()), 0).to_numpy(), 86_400_000_000)
+    row_day = np.floor_divide(pc.fill_null(pc.cast(ts, pa.int64()), 0).to_numpy(), US_PER_DAY)
     mismatch = pc.not_equal(pa.array(row_day), part_day)
     return pc.fill_null(pc.and_(mismatch, pc.is_valid(ts)), False)
 

@@ -1,9 +1,11 @@
-"""Batch scoring with Ray Data: an actor pool holding the models.
+"""Batch scoring with Ray Data: an actor pool holding the models, and the writer of its rows.
 
-``histories.map_batches(Scorer, concurrency=n, num_gpus=...)``: each actor
-loads both models once, precomputes the item matrices, and per batch computes
+``histories.map_batches(Scorer, compute=ActorPoolStrategy(size=score.concurrency), num_gpus=...)``:
+each actor loads the models once, precomputes the item matrices, and per batch computes
 user vectors and predictions and ranks the items (``raymedia.ranking``: chunked
-scores, seen and blocked items masked, exact deterministic top-K).
+scores, seen and blocked items masked, exact deterministic top-K); users without a
+usable history get the most popular items. ``write_batch`` writes the rows as
+recommendations and predictions files of the run.
 
 A user's recommendations, scores and predictions are bit-identical whatever batch
 they are scored in (size, position, actor count, thread count, run): inputs have one
@@ -73,15 +75,19 @@ class HeapTrimmer:
 class _Models:
     """Both models loaded once per actor, on the GPU when the actor has one.
 
+    ``section`` names the config section that sizes the actor (its ``num_cpus`` torch threads).
+
     ``vocab`` is the run's vocabulary: the models' own, or it extended with
     items published since they were trained; the models grow fallback rows for
     those (``models.grow_items``), so new content is scored the day it appears.
     """
 
+    section = "score"
+
     def __init__(self, model_uris: dict[str, str], cfg: Config, asof: str, vocab: Vocab | None = None):
         self.cfg = cfg
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        threads = max(1, int(cfg.score.num_cpus))
+        threads = max(1, int(getattr(cfg, self.section).num_cpus))
         torch.set_num_threads(threads)
         threadpool_limits(threads, "blas")            # numpy's BLAS computes the CPU scores
         self.models = {k: checkpoint.load(u, self.device) for k, u in model_uris.items()}
@@ -108,7 +114,7 @@ class _Models:
         # the candidate product's copy of the items in bf16/fp16 (score.precision)
         self.low = {k: None if dtype == torch.float32 else v.to(dtype) for k, v in self.items.items()}
         self.asof_us = features.day_start_us(asof)
-        self.horizon_us = cfg.data.return_horizon_days * 86_400_000_000
+        self.horizon_us = cfg.data.return_horizon_days * schema.US_PER_DAY
         self.versions = {k: m.meta["version"] for k, m in self.models.items()}
 
     def inputs(self, batch: pa.Table, mode: str) -> tuple[pa.Table, dict[str, torch.Tensor]]:
@@ -154,7 +160,7 @@ class Scorer(_Models):
         """The model work on prepared inputs: top-K of the recommender + the sequence heads."""
         rec = self.cfg.score.recommender
         # a user's full seen-item list when the histories carry one, else the history
-        seen = x.get("seen", x["items"]) if self.cfg.score.exclude_seen else None
+        seen = x.get("seen", x["items"]) if self.cfg.data.exclude_seen else None
         with torch.inference_mode():
             seq = self.models["sequence"].model
             h = seq.user_states(x)              # one transformer pass serves the top-K and both heads

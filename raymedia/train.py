@@ -37,6 +37,7 @@ import torch
 from raymedia import checkpoint, features, models, ranking, storage
 from raymedia.config import Config
 from raymedia.data.vocab import Vocab
+from raymedia.schema import US_PER_DAY
 
 log = logging.getLogger(__name__)
 OPTIMIZER = "optimizer.pt"
@@ -109,9 +110,9 @@ def training_rows(histories: ray.data.Dataset, cfg: Config, asof_us: int) -> ray
     """History rows -> padded training sequences (last event held out for evaluation)."""
     def rows(batch: pa.Table) -> dict[str, np.ndarray]:
         x = features.batch_inputs(batch, "train", cfg.data.history_len, asof_us,
-                                  cfg.data.return_horizon_days * 86_400_000_000,
+                                  cfg.data.return_horizon_days * US_PER_DAY,
                                   cfg.train.val_share)[1]
-        if cfg.score.exclude_seen:
+        if cfg.data.exclude_seen:
             x["targets"] = novel_targets(x["items"], x["targets"])
         return x
     return histories.map_batches(rows, batch_format="pyarrow")
@@ -269,7 +270,7 @@ def train(kind: str, cfg: Config, histories: ray.data.Dataset, vocab: Vocab, aso
             "time_budget_s": 0.0 if parent else cfg.train.time_budget_s,
             "threads": max(1, int(cfg.train.cpus_per_worker)), "patience": cfg.train.patience,
             "lr_schedule": cfg.train.lr_schedule, "warmup_steps": cfg.train.warmup_steps,
-            "exclude_seen": cfg.score.exclude_seen,
+            "exclude_seen": cfg.data.exclude_seen,
             "steps_per_epoch": math.ceil(histories.count() / cfg.train.num_workers / cfg.train.batch_size),
         },
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=gpu,

@@ -77,7 +77,7 @@ def small_overrides(root: str, *extra: str) -> list[str]:
             # the tests' tiny worlds train a few epochs: the faster rate of the old recipe, and
             # early stopping on 1 user in 10 (the defaults are set for real logs)
             "train.lr=0.003", "train.val_share=0.1",
-            "score.top_k=20", "score.batch_size=256", "ray.progress_bars=false", *extra]
+            "score.top_k=20", "score.batch_size=256", "eval.batch_size=256", "ray.progress_bars=false", *extra]
 
 
 def small_config(root: str, *extra: str):

@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raymedia import schema, storage
+from raymedia.schema import EventType
 
 DAY_S = 86_400
 US = 1_000_000
@@ -41,7 +42,6 @@ TEXT_STREAM = 2**32 - 2             # the catalog's words: their own stream, so 
 SYLLABLES = ("ka", "lo", "mi", "ne", "su", "ta", "ri", "po", "ve", "da", "zu", "fe", "go", "ha", "ji", "wo")
 CATEGORY_WORDS, COMMON_WORDS = 24, 300
 
-IMPRESSION, CLICK, PLAY, COMPLETE, LIKE, SHARE = range(len(schema.EVENT_TYPES))
 
 # Day-of-week activity multiplier, Monday first: weekends are busier.
 DOW_MULTIPLIER = np.array([0.90, 0.88, 0.90, 0.95, 1.05, 1.20, 1.15])
@@ -378,17 +378,18 @@ def _simulate(cfg: GeneratorConfig, chunk: int) -> dict[str, np.ndarray]:
         in_taste = taste[u, w.category[pick]] >= IN_TASTE_SHARE
         p_complete = COMPLETE_BASE + COMPLETE_CONTINUATION * cont + COMPLETE_IN_TASTE * in_taste
         r = rng.random(m)
-        kind = np.where(r < p_complete, COMPLETE,
-                        np.where(r < p_complete + (1 - p_complete) * CLICK_VS_PLAY, CLICK, PLAY))
+        kind = np.where(r < p_complete, EventType.COMPLETE,
+                        np.where(r < p_complete + (1 - p_complete) * CLICK_VS_PLAY,
+                                 EventType.CLICK, EventType.PLAY))
         item[idx], code[idx] = pick, kind
-        prev[u], prev_complete[u] = pick, kind == COMPLETE
+        prev[u], prev_complete[u] = pick, kind == EventType.COMPLETE
 
     # Dwell, extra like/share rows, and the time each consumption takes.
     r = rng.random(n_cons)
     dur = w.duration_s[item]
-    dwell = np.where(code == CLICK, 2 + 28 * r,
-                     np.where(code == PLAY, dur * (0.1 + 0.7 * r), dur * (0.9 + 0.1 * r)))
-    completed = code == COMPLETE
+    dwell = np.where(code == EventType.CLICK, 2 + 28 * r,
+                     np.where(code == EventType.PLAY, dur * (0.1 + 0.7 * r), dur * (0.9 + 0.1 * r)))
+    completed = code == EventType.COMPLETE
     like = completed & (rng.random(n_cons) < LIKE_PROB)
     share = completed & (rng.random(n_cons) < SHARE_PROB)
     like_off = 1 + 3 * rng.random(n_cons)
@@ -422,8 +423,8 @@ def _simulate(cfg: GeneratorConfig, chunk: int) -> dict[str, np.ndarray]:
     m_imp = n_imp[row_cons]
     is_imp, is_main = k < m_imp, k == m_imp
     first_extra_like = like[row_cons] & (k == m_imp + 1)
-    event = np.where(is_imp, IMPRESSION, np.where(
-        is_main, code[row_cons], np.where(first_extra_like, LIKE, SHARE))).astype(np.int8)
+    event = np.where(is_imp, EventType.IMPRESSION, np.where(is_main, code[row_cons], np.where(
+        first_extra_like, EventType.LIKE, EventType.SHARE))).astype(np.int8)
     row_item = np.where(is_imp, imp_item[row_cons * 3 + np.minimum(k, 2)], item[row_cons])
     extra_off = np.where(first_extra_like, like_off[row_cons], share_off[row_cons])
     t = t_cons[row_cons] + np.where(
@@ -448,8 +449,7 @@ def _events_table(cols: dict[str, np.ndarray]) -> pa.Table:
     return pa.Table.from_arrays([
         pa.array(cols["user_id"]),
         pa.array(cols["item_id"]),
-        pa.DictionaryArray.from_arrays(pa.array(cols["event"]),
-                                       pa.array(schema.EVENT_TYPES)).cast(pa.string()),
+        EventType.decode(cols["event"]),
         pa.array(cols["ts"], schema.TS_TYPE),
         pa.array(dwell, pa.float32(), mask=np.isnan(dwell)),
     ], schema=schema.EVENTS)

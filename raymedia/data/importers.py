@@ -34,7 +34,6 @@ import pyarrow.parquet as pq
 from raymedia import schema, storage
 
 FORMATS = ("movielens", "sasrec", "mind")
-RATING_EVENTS = {5: "like", 4: "complete", 3: "play"}   # below 3: click
 
 
 @dataclass(frozen=True)
@@ -257,7 +256,7 @@ def read_mind(folder: str) -> tuple[pa.Table, pa.Table]:
     htok = pc.list_flatten(hist)
     lengths = pc.list_value_length(hist).to_numpy(zero_copy_only=False)
     pos = np.arange(len(hrow)) - np.repeat(np.r_[0, np.cumsum(lengths)[:-1]], lengths)
-    day0 = int(pc.min(at).as_py().timestamp() // 86_400 - 1) * 86_400_000_000
+    day0 = (int(pc.min(at).as_py().timestamp() * 1_000_000) // schema.US_PER_DAY - 1) * schema.US_PER_DAY
     hts = pa.array(day0 + pos.astype(np.int64) * 1_000_000, pa.int64()).cast(schema.TS_TYPE)
     hkeep = pc.not_equal(htok, "")
     his = (pc.take(pc.take(users, pa.array(first_rows)), pa.array(hrow)).filter(hkeep),

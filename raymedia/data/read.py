@@ -218,10 +218,9 @@ def to_log_rows(batch: pa.Table, events_uri: str, run_uri: str, vocab: Vocab | N
         "input_rows": batch.num_rows, "valid_rows": valid.num_rows,
         "impressions": n_imp, "unknown_item": unknown,
         "rejected": {r["values"]: r["counts"] for r in reasons}})
-    code = pc.index_in(valid["event"], value_set=pa.array(schema.EVENT_TYPES))
     return state.log_rows(pa.table({
         "user_id": valid["user_id"], "item_id": valid["item_id"],
-        "event": pc.add(code, 1).cast(pa.int8()), "ts": valid["ts"].cast(pa.int64()),
+        "event": schema.EventType.encode(valid["event"]), "ts": valid["ts"].cast(pa.int64()),
         "dwell_s": valid["dwell_s"]}))
 
 

@@ -43,12 +43,10 @@ import ray
 
 from raymedia import storage
 from raymedia.data.vocab import Vocab
-from raymedia.schema import EVENT_CODE
+from raymedia.schema import US_PER_DAY, EventType
 
-US_PER_DAY = 86_400_000_000
 NEW, CARRIED, DAY_COUNT, LAST_SEEN, SEEN = range(5)
 FORMAT = 2          # state layout version: 2 added the seen set (older states are rebuilt)
-IMPRESSION = EVENT_CODE["impression"]
 
 
 def log_schema(user_type: pa.DataType, item_type: pa.DataType) -> pa.Schema:
@@ -76,7 +74,7 @@ def log_rows(events: pa.Table) -> pa.Table:
     record that the user was seen (a user with nothing but impressions is a
     cold-start user, recommended from popularity).
     """
-    is_imp = pc.equal(events["event"], IMPRESSION).to_numpy(zero_copy_only=False)
+    is_imp = pc.equal(events["event"], int(EventType.IMPRESSION)).to_numpy(zero_copy_only=False)
     if is_imp.any():
         imp = events.filter(pa.array(is_imp))
         _, first = np.unique(pc.dictionary_encode(imp["user_id"]).combine_chunks().indices.to_numpy(),
@@ -163,7 +161,7 @@ def state_block(block: pa.Table, n: int) -> pa.Table:
         return state_schema(user_t, item_t).empty_table()
     kind = block["kind"].to_numpy()
     event = block["event"].to_numpy()
-    is_inter = ((kind == NEW) & (event != IMPRESSION)) | (kind == CARRIED)
+    is_inter = ((kind == NEW) & (event != EventType.IMPRESSION)) | (kind == CARRIED)
     inter = block.filter(pa.array(is_inter)).sort_by(
         [("user_id", "ascending"), ("ts", "ascending"), ("pos", "ascending"),
          ("item_id", "ascending"), ("event", "ascending"), ("dwell_s", "ascending")])

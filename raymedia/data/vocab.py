@@ -135,7 +135,3 @@ class Vocab:
                    np.concatenate([base.item_category, np.array(new_item_cat, dtype=np.int64)]),
                    list(base.categories),
                    np.concatenate([base.popularity, np.zeros(len(new_item_cat))]))
-
-    def extend(self, catalog: pa.Table, asof_us: int) -> "Vocab":
-        """This vocabulary plus the catalog items published before ``asof`` that it lacks."""
-        return Vocab.build(catalog, pa.array([], self.item_ids.type), asof_us, base=self)

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raymedia.models.content import WithContent
-from raymedia.schema import EVENT_TYPES, EVENT_WEIGHT, NUM_EVENT_CODES
+from raymedia.schema import EVENT_WEIGHT, NUM_EVENT_CODES
 
 
 def _mlp(inp: int, hidden: int, out: int) -> nn.Module:
@@ -49,8 +49,7 @@ class TwoTowerModel(WithContent, nn.Module):
             for table in (self.item_emb, self.cat_emb):
                 nn.init.normal_(table.weight, std=dim ** -0.5)
             self.item_emb.weight[0] = 0.0                       # padding
-        weights = torch.tensor([0.0] + [EVENT_WEIGHT[e] for e in EVENT_TYPES])
-        assert len(weights) == NUM_EVENT_CODES
+        weights = torch.tensor([EVENT_WEIGHT.get(code, 0.0) for code in range(NUM_EVENT_CODES)])
         self.event_weight = nn.Parameter(weights)
         self.user_tower = _mlp(2 * dim * (1 + last_items), hidden, dim)
         self.item_tower = _mlp(2 * dim, hidden, dim)

@@ -80,7 +80,7 @@ def messy(trained_run, tmp_path_factory):
     rng = np.random.default_rng(0)
     huge_items = rng.choice(items, HUGE)
     huge = [(HUGE_USER, int(i), "play", base + dt.timedelta(microseconds=int(s)), 30.0)
-            for i, s in zip(huge_items, np.sort(rng.integers(0, 86_400_000_000 - 1, HUGE)))]
+            for i, s in zip(huge_items, np.sort(rng.integers(0, schema.US_PER_DAY - 1, HUGE)))]
     pq.write_table(_events(huge), f"{root}/events/dt={last}/part-zz-huge.parquet")
     # extra columns (kept out of the contract), unknown items, a timestamp in 2099
     t0 = base + dt.timedelta(hours=12)

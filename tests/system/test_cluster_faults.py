@@ -28,7 +28,7 @@ FAST = ("eval.enabled=false",)
 # while it still has blocks to score. Every run here (the reference included) scores with
 # the same settings: the same float arithmetic, so "identical" means bit for bit.
 SLOW_SCORING = ("score.batch_size=4", "score.rows_per_file=4", "score.item_chunk=16",
-                "score.shuffle_partitions=32")
+                "state.shuffle_partitions=32")
 
 
 def _raylet_pid() -> int:

@@ -11,10 +11,11 @@ from raymedia import quality, storage
 from raymedia.cli import main
 from raymedia.data import state
 from raymedia.data.importers import import_events
+from raymedia.schema import US_PER_DAY
 
 from conftest import synthetic_mind
 
-DAY = state.US_PER_DAY
+DAY = US_PER_DAY
 
 
 def test_user_state_on_ray_matches_a_pandas_reference(ray_session, tmp_path):
@@ -63,7 +64,7 @@ def test_a_mind_import_runs_from_the_cli_with_string_ids_and_a_content_catalog(t
     summary = json.loads(capsys.readouterr().out)
     sets = [f"data.events_uri={summary['events_uri']}", f"data.catalog_uri={summary['catalog_uri']}",
             "data.lookback_days=3", f"output.uri={out}/scores", f"output.models_uri={out}/models",
-            "train.epochs=1", "score.exclude_seen=false", "score.top_k=5", "ray.progress_bars=false"]
+            "train.epochs=1", "data.exclude_seen=false", "score.top_k=5", "ray.progress_bars=false"]
     assert main(["run", "--date", summary["next_day"], *[a for s in sets for a in ("--set", s)]]) == 0
     capsys.readouterr()
     assert main(["show", f"{out}/scores", "--dt", summary["next_day"], "--limit", "3"]) == 0

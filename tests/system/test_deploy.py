@@ -55,4 +55,4 @@ def test_environment_configs_load():
     local = config.load(str(ROOT / "configs" / "local.yaml"))
     cluster = config.load(str(ROOT / "configs" / "cluster.yaml"))
     assert local.output.uri.startswith("out/") and cluster.output.uri.startswith("s3://")
-    assert cluster.score.concurrency == cluster.train.num_workers
+    assert cluster.score.concurrency == cluster.eval.concurrency == cluster.train.num_workers

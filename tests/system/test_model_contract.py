@@ -18,10 +18,10 @@ import torch
 from raymedia import features, models
 from raymedia.config import Config
 from raymedia.evaluate import hit_rate, rank_all
+from raymedia.schema import US_PER_DAY as DAY_US
 
 CLUSTERS, PER_CLUSTER, STEPS, USERS = 4, 10, 8, 160
 VOCAB = CLUSTERS * PER_CLUSTER + 1
-DAY_US = 86_400_000_000
 
 
 def world(seed: int) -> pa.Table:

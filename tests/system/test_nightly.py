@@ -96,7 +96,7 @@ def test_days_two_and_three_read_only_their_newest_day_plus_yesterdays_state(nig
 
 def test_incremental_state_and_outputs_equal_a_rebuild_from_scratch(nights):
     cfg, (_, _, d3) = nights["cfg"], nights["days"]
-    rebuild = _cfg(nights["root"], "data.incremental=false", f"output.uri={nights['root']}/rebuilt")
+    rebuild = _cfg(nights["root"], "state.incremental=false", f"output.uri={nights['root']}/rebuilt")
     r = pipeline.run_day(rebuild, d3, train_models=False)
     assert storage.read_commit(rebuild.output.uri, d3).details["state"]["mode"] == "rebuild"
     assert len(storage.read_commit(rebuild.output.uri, d3).input_partitions) == 7

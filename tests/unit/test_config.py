@@ -10,17 +10,17 @@ from raymedia.config import ConfigError
 
 def test_yaml_then_overrides(tmp_path):
     f = tmp_path / "c.yaml"
-    f.write_text("train:\n  epochs: 3\n  lr: 0.01\nscore:\n  exclude_seen: false\n")
+    f.write_text("train:\n  epochs: 3\n  lr: 0.01\ndata:\n  exclude_seen: false\n")
     cfg = config.load(str(f), ["train.epochs=5", "score.top_k=7", "ray.address=auto"])
     assert (cfg.train.epochs, cfg.train.lr, cfg.score.top_k) == (5, 0.01, 7)
-    assert cfg.score.exclude_seen is False and cfg.ray.address == "auto"
+    assert cfg.data.exclude_seen is False and cfg.ray.address == "auto"
     assert cfg.data.history_len == config.DataConfig().history_len   # untouched default
 
 
 @pytest.mark.parametrize("overrides, message", [
     (["train.epochs=0"], "train.epochs must be >= 1, got 0"),
     (["train.epochs=two"], "train.epochs must be an integer"),
-    (["score.exclude_seen=maybe"], "score.exclude_seen must be true or false"),
+    (["data.exclude_seen=maybe"], "data.exclude_seen must be true or false"),
     (["score.recommender=knn"], "score.recommender must be one of"),
     (["sequence.dropout=1.5"], "sequence.dropout must be <= 0.9"),
     (["train.epoch=3"], "unknown config field(s): train.epoch"),
@@ -40,6 +40,31 @@ def test_invalid_values_name_the_field(overrides, message):
     with pytest.raises(ConfigError) as e:
         config.load(None, overrides)
     assert message in str(e.value)
+
+
+@pytest.mark.parametrize("old, new", sorted(config.MOVED.items()))
+def test_a_moved_key_fails_naming_its_new_place_in_yaml_and_in_set(tmp_path, old, new):
+    section, key = old.split(".")
+    f = tmp_path / "old.yaml"
+    f.write_text(f"{section}:\n  {key}: 3\n")
+    for args in ((str(f), []), (None, [f"{old}=3"])):
+        with pytest.raises(ConfigError) as e:
+            config.load(*args)
+        assert f"{old} is now {new}" in str(e.value)
+    section, key = new.split(".")
+    assert hasattr(getattr(config.Config(), section), key)      # the new key is a real field
+
+
+def test_each_stage_has_its_own_section():
+    """Evaluation sizes its own actor pool; the user state its own shuffle; one seen policy."""
+    cfg = config.load(None, ["score.batch_size=7", "score.concurrency=3", "score.item_chunk=5",
+                             "state.shuffle_partitions=9", "state.incremental=false",
+                             "data.exclude_seen=false"])
+    assert (cfg.eval.batch_size, cfg.eval.concurrency, cfg.eval.num_cpus, cfg.eval.item_chunk) == \
+        (512, 1, 1.0, 65536)                                    # untouched by the score keys
+    assert (cfg.state.shuffle_partitions, cfg.state.incremental, cfg.data.exclude_seen) == (9, False, False)
+    with pytest.raises(ConfigError, match="eval.concurrency must be >= 1, got 0"):
+        config.load(None, ["eval.concurrency=0"])
 
 
 def test_yaml_is_data_only(tmp_path):

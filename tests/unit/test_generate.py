@@ -68,7 +68,7 @@ def test_events_and_catalog_conform_to_contracts(generated):
     assert content == ["description", "tags", "series_id", "episode", "duration_s"]
     assert schema.conform_catalog(catalog).equals(catalog)
     assert schema.validate_events(events, "generated")[1].num_rows == 0   # dt checked too
-    assert set(events["event"].to_pylist()) <= set(schema.EVENT_TYPES)
+    assert set(events["event"].to_pylist()) <= set(schema.EventType.labels())
 
     dates = pc.strftime(events["ts"], format="%Y-%m-%d")
     assert pc.all(pc.equal(dates, events["dt"])).as_py()

@@ -137,13 +137,18 @@ def test_auc_by_hand_with_ties():
     assert math.isnan(auc([0.3, 0.4], [1, 1]))
 
 
-def test_summarize_reports_each_ranker_sampled_and_return_calibration():
+def _two_users_summary() -> dict:
+    """metrics.json of two users ranked by a model ``a`` and the popularity baseline."""
     rows = {"rank_a": np.array([0, 20]), "rank_popularity": np.array([5, -1]),
             "sampled_a": np.array([0, 3]), "sampled_popularity": np.array([1, -1]),
             "top_a": np.array([[1, 2], [1, 3]]), "top_popularity": np.array([[3, 2], [3, 2]]),
             "p_return": np.array([0.9, 0.2]), "ret_label": np.array([1.0, 0.0]),
             "ret_eval": np.array([True, True]), "n_events": np.array([3, 40])}
-    s = summarize(rows, 10, popularity=np.array([0, 1, 2, 3, 4]), exclude_seen=True)
+    return summarize(rows, 10, popularity=np.array([0, 1, 2, 3, 4]), exclude_seen=True)
+
+
+def test_summarize_reports_each_ranker_sampled_and_return_calibration():
+    s = _two_users_summary()
     assert s["schema_version"] == SCHEMA_VERSION and s["ranking"] == "full"
     assert s["models"]["a"]["hr@10"] == 0.5 and s["models"]["a"]["ndcg@10"] == 0.5
     assert s["models"]["a"]["mrr"] == pytest.approx((1 + 1 / 21) / 2)
@@ -158,6 +163,17 @@ def test_summarize_reports_each_ranker_sampled_and_return_calibration():
     ret = s["return"]
     assert ret["auc"] == 1.0 and ret["users"] == 2 and ret["base_rate"] == 0.5
     assert ret["brier"] == pytest.approx((0.01 + 0.04) / 2) and ret["ece"] == pytest.approx(0.15)
+
+
+def test_the_printed_table_shows_every_ranker_best_first_with_baselines_marked():
+    """The one printer of metrics.json (raymedia evaluate and raymedia demo print it)."""
+    from raymedia import report
+    lines = report.table(_two_users_summary()).splitlines()
+    assert lines[0].split()[:3] == ["model", "HR@10", "NDCG@10"]
+    assert lines[2].split()[:3] == ["a", "0.5000", "0.5000"]
+    assert lines[3].split()[:4] == ["popularity", "*", "0.5000", "0.1781"]     # (1/log2(7)) / 2
+    assert "(* baseline; 2 users" in lines[4] and "seen items excluded" in lines[4]
+    assert lines[5].startswith("return-within-7d: AUC 1.0000")
 
 
 def test_item_knn_by_hand():

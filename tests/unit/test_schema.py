@@ -77,3 +77,20 @@ def test_partition_day_is_the_utc_day_at_the_edges_and_a_non_date_partition_reje
     assert valid["user_id"].to_pylist() == [1, 2, 4]
     assert rejected["user_id"].to_pylist() == ["3", "5"]
     assert set(rejected["reason"].to_pylist()) == {"ts_outside_partition"}
+
+
+def test_event_codes_are_the_ones_written_in_committed_states():
+    """User states and trained models hold these codes (0 is padding): they never change."""
+    assert {e.label: int(e) for e in schema.EventType} == {
+        "impression": 1, "click": 2, "play": 3, "complete": 4, "like": 5, "share": 6}
+    assert schema.NUM_EVENT_CODES == 7
+    assert set(schema.EVENT_WEIGHT) == set(schema.EventType)
+
+
+def test_event_names_and_codes_round_trip():
+    names = pa.array(["share", "impression", "play", "rating", None])
+    codes = schema.EventType.encode(names)
+    assert codes.type == pa.int8()
+    assert codes.to_pylist() == [6, 1, 3, None, None]        # not an event type: no code
+    assert schema.EventType.decode(codes.drop_null()).to_pylist() == ["share", "impression", "play"]
+    assert schema.EventType.labels() == ("impression", "click", "play", "complete", "like", "share")

@@ -7,9 +7,9 @@ import pyarrow as pa
 
 from raymedia.data import state
 from raymedia.data.vocab import Vocab
-from raymedia.schema import EVENT_CODE
+from raymedia.schema import US_PER_DAY as DAY
+from raymedia.schema import EventType as E
 
-DAY = state.US_PER_DAY
 LOOKBACK, N = 3, 4
 
 
@@ -19,7 +19,7 @@ def _events(rng: np.random.Generator, day: int, users: int = 40, items: int = 12
     n = int(rng.integers(60, 120))
     ts = day * DAY + np.sort(rng.integers(0, DAY, n))
     ts[:5] = day * DAY + DAY - 1 - np.arange(5)          # the last microseconds of the day
-    event = rng.choice(list(EVENT_CODE.values()), n).astype(np.int8)
+    event = rng.choice(list(E), n).astype(np.int8)
     return pa.table({
         "user_id": pa.array(rng.integers(0, users, n)),
         "item_id": pa.array(rng.integers(0, items, n)),
@@ -60,7 +60,7 @@ def test_seen_set_holds_every_item_of_the_window_older_than_the_last_n():
         window = pa.concat_tables([days[k] for k in range(d - LOOKBACK, d)]).to_pylist()
         for row in st.to_pylist():
             mine = [e for e in window if e["user_id"] == row["user_id"]
-                    and e["event"] != EVENT_CODE["impression"]]
+                    and e["event"] != E.IMPRESSION]
             assert set(row["item_ids"]) | set(row["seen_ids"]) == {e["item_id"] for e in mine}
             assert row["seen_ids"] == sorted(set(row["seen_ids"]))
             tail_start = min(row["ts"]) if row["ts"] else None
@@ -72,18 +72,17 @@ def test_seen_set_holds_every_item_of_the_window_older_than_the_last_n():
 def test_state_block_by_hand():
     """Rising engagement on one item merges (click -> play -> like); a repeat at the same
     level is a rewatch; midnight splits; impressions only mark the user as seen."""
-    c = EVENT_CODE
     ev = pa.table({
         "user_id": [1, 1, 1, 1, 1, 1, 2],
         "item_id": [7, 7, 7, 7, 8, 8, 9],
-        "event": pa.array([c["click"], c["play"], c["like"], c["play"], c["play"], c["complete"],
-                           c["impression"]], pa.int8()),
+        "event": pa.array([E.CLICK, E.PLAY, E.LIKE, E.PLAY, E.PLAY, E.COMPLETE,
+                           E.IMPRESSION], pa.int8()),
         "ts": pa.array([10, 20, 30, 40, DAY - 1, DAY + 5, 50], pa.int64()),
         "dwell_s": pa.array([1.0, 2.0, None, 4.0, 5.0, 6.0, 1.0], pa.float32()),
     })
     out = state.state_block(state.log_rows(ev), n=10).to_pylist()
     assert out[0]["item_ids"] == [7, 7, 8, 8]
-    assert out[0]["events"] == [c["like"], c["play"], c["play"], c["complete"]]
+    assert out[0]["events"] == [E.LIKE, E.PLAY, E.PLAY, E.COMPLETE]
     assert out[0]["ts"] == [10, 40, DAY - 1, DAY + 5]
     assert out[0]["dwell_s"] == [3.0, 4.0, 5.0, 6.0]
     assert out[0]["days"] == [0, 1] and out[0]["counts"] == [3, 1] and out[0]["last_day"] == 1
@@ -95,9 +94,8 @@ def test_state_block_by_hand():
 
 
 def test_histories_use_the_models_vocabulary_and_count_every_interaction():
-    c = EVENT_CODE
     ev = pa.table({"user_id": [1, 1, 1, 1], "item_id": ["a", "zz", "b", "c"],
-                   "event": pa.array([c["play"]] * 4, pa.int8()),
+                   "event": pa.array([E.PLAY] * 4, pa.int8()),
                    "ts": pa.array([1, 2, 3, 4], pa.int64()), "dwell_s": pa.array([0.0] * 4, pa.float32())})
     st = state.state_block(state.log_rows(ev), n=10)
     vocab = Vocab.build(pa.table({"item_id": ["a", "b", "c"], "category": ["x", "y", "x"],

@@ -8,9 +8,9 @@ import pyarrow as pa
 import pytest
 
 from raymedia import features
+from raymedia.schema import US_PER_DAY as DAY_US
 from raymedia.train import MIN_LR_RATIO, lr_factor
 
-DAY_US = 86_400_000_000
 
 
 def test_learning_rate_warms_up_linearly_then_follows_a_cosine():
