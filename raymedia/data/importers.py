@@ -13,15 +13,12 @@ so the imported data runs through the pipeline as it is.
 from __future__ import annotations
 
 import datetime as dt
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from raymedia import schema, storage
 
@@ -45,11 +42,6 @@ class ImportSummary:
         return (dt.date.fromisoformat(self.last_day) + dt.timedelta(days=1)).isoformat()
 
 
-def _read_bytes(path: str) -> bytes:
-    with fsspec.open(path, "rb") as f:
-        return f.read()
-
-
 def _csv(data: bytes, delimiter: str, names: list[str], skip: int = 0) -> pa.Table:
     return pacsv.read_csv(
         pa.BufferReader(data),
@@ -59,7 +51,7 @@ def _csv(data: bytes, delimiter: str, names: list[str], skip: int = 0) -> pa.Tab
 
 def read_movielens(path: str) -> pa.Table:
     """MovieLens ratings in any of its three layouts -> events (with ``dt``)."""
-    data = _read_bytes(path)
+    data = storage.read_bytes(path)
     first = data[:data.find(b"\n")] if b"\n" in data else data
     if b"::" in first:      # ':' splits '::' into an empty field between the values
         raw = _csv(data, ":", ["user_id", "_a", "item_id", "_b", "rating", "_c", "ts"])
@@ -79,7 +71,7 @@ def read_movielens(path: str) -> pa.Table:
 
 def read_sasrec(path: str, start: dt.datetime) -> pa.Table:
     """SASRec text (``user item`` per line, chronological per user) -> events (with ``dt``)."""
-    raw = _csv(_read_bytes(path), " ", ["user_id", "item_id"])
+    raw = _csv(storage.read_bytes(path), " ", ["user_id", "item_id"])
     base = int(start.timestamp() * 1_000_000)
     ts = pa.array(base + np.arange(raw.num_rows, dtype=np.int64) * 1_000_000, pa.int64())
     return _events(raw["user_id"], raw["item_id"], pa.array(["play"] * raw.num_rows),
@@ -105,25 +97,9 @@ def catalog_of(events: pa.Table) -> pa.Table:
 
 
 def write_days(events: pa.Table, events_uri: str, threads: int = 8) -> int:
-    """``events`` (with ``dt``) as one file per day, ``dt=D/part-00000.parquet``, written by a
-    bounded thread pool: a multi-year log is thousands of days, and the events contract
-    partitions by day, so one file per day is the fewest files it allows. Returns the days."""
-    events = events.sort_by([("dt", "ascending"), ("ts", "ascending")])
-    days = events["dt"].to_numpy(zero_copy_only=False)
-    starts = np.flatnonzero(np.r_[True, days[1:] != days[:-1]])
-    bounds = np.r_[starts, len(days)]
-    data = events.drop_columns(["dt"])
-    fs, _ = storage.resolve(events_uri)
-
-    def write(i: int) -> None:
-        _, path = storage.resolve(storage.join(storage.partition(events_uri, str(days[starts[i]])),
-                                               "part-00000.parquet"))
-        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        pq.write_table(data.slice(starts[i], bounds[i + 1] - starts[i]), path, filesystem=fs)
-
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        list(pool.map(write, range(len(starts))))
-    return len(starts)
+    """``events`` (with ``dt``) as one file per day, ``dt=D/part-00000.parquet``, in time
+    order, by a bounded thread pool (``storage.write_partitioned``). Returns the days."""
+    return len(storage.write_partitioned(events.sort_by("ts"), events_uri, "part-00000.parquet", threads))
 
 
 def import_events(fmt: str, path: str, out_uri: str,
@@ -139,9 +115,7 @@ def import_events(fmt: str, path: str, out_uri: str,
         raise FileExistsError(f"{events_uri} already holds events; choose another --out")
     write_days(events, events_uri)
     catalog_uri = storage.join(out_uri, "catalog", "catalog.parquet")
-    fs, cpath = storage.resolve(catalog_uri)
-    fs.create_dir(cpath.rsplit("/", 1)[0], recursive=True)
-    pq.write_table(catalog_of(events), cpath, filesystem=fs)
+    storage.write_parquet(catalog_of(events), catalog_uri)
     days = pc.min_max(events["dt"])
     return ImportSummary(events_uri, catalog_uri, len(pc.unique(events["user_id"])),
                          len(pc.unique(events["item_id"])), events.num_rows,
