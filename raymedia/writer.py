@@ -152,6 +152,8 @@ class RunWriter:
         """Remove files a retried batch left behind, stop beating, pass the commit point
         (CommitConflict if another run took this generation), then collect the day's
         finished runs. Nothing after the commit point raises: failures are returned."""
+        if self.base_generation is None:
+            raise RuntimeError(f"run {self.run_id}: on_write_complete before on_write_start")
         if (commit.dt, commit.run_id) != (self.day, self.run_id):
             raise ValueError(f"commit of dt={commit.dt} run {commit.run_id} given to the writer "
                              f"of dt={self.day} run {self.run_id}")

@@ -168,10 +168,14 @@ def test_an_error_raised_by_cleanup_itself_is_reported_and_the_commit_stands(tmp
     assert storage.read_commit(str(tmp_path), DAY).run_id == "r1"
 
 
-def test_the_writer_refuses_a_commit_of_another_run(tmp_path):
+def test_the_writer_refuses_a_commit_before_its_start_or_of_another_run(tmp_path):
     a, b = RunWriter(str(tmp_path), DAY, "a", GRACE), RunWriter(str(tmp_path), DAY, "b", GRACE)
+    with pytest.raises(RuntimeError, match="on_write_complete before on_write_start"):
+        a.on_write_complete(_manifest(a))
+    a.on_write_start()
     with pytest.raises(ValueError, match="given to the writer of dt=2026-01-10 run a"):
         a.on_write_complete(_manifest(b))
+    a.on_write_failed(ValueError("stopped"))
     assert storage.generation(str(tmp_path), DAY) == 0
 
 
