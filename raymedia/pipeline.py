@@ -20,8 +20,9 @@ from raymedia.config import Config
 from raymedia.data import read, state
 from raymedia.data.vocab import Vocab
 from raymedia.evaluate import evaluate
-from raymedia.score import Scorer, write_batch
+from raymedia.score import Scorer
 from raymedia.train import train
+from raymedia.writer import RunWriter, write_batch, write_part
 
 log = logging.getLogger(__name__)
 MODEL_KINDS = ("two_tower", "sequence")
@@ -165,7 +166,7 @@ def prepare(cfg: Config, day: dt.date, run_id: str, secs: dict, base: Vocab | No
                     state.carried_rows, batch_format="pyarrow", fn_kwargs={"first_day": first_day}))
         rows = parts[0] if len(parts) == 1 else parts[0].union(parts[1])
         user_state = state.build(rows, state_len(cfg), cfg.state.shuffle_partitions).materialize()
-        written = user_state.map_batches(state.write_part, batch_format="pyarrow",
+        written = user_state.map_batches(write_part, batch_format="pyarrow",
                                          fn_kwargs={"run_uri": out, "table": "user_state"}).take_all()
     with _timed(secs, "vocabulary"):
         seen = state.distinct_items(user_state) if learn_items else pa.array([], catalog["item_id"].type)
@@ -265,54 +266,32 @@ def run_day(cfg: Config, day: dt.date, train_models: bool = True, run_id: str | 
     """Score every user active in the look-back window before ``day`` and commit day ``day``.
 
     Trains first when ``train_models``; otherwise scores with ``models`` (default: latest).
-    The run beats a heartbeat until its commit point; a run that finds another run
-    committed the day meanwhile, whatever stopped it, removes its files and raises
-    CommitConflict. After the commit point nothing is raised: cleanup is reported.
+    The run's ``RunWriter`` beats a heartbeat until its commit point; a run that finds
+    another run committed the day meanwhile, whatever stopped it, removes its files and
+    raises CommitConflict. After the commit point nothing is raised: cleanup is reported.
     """
     run_id = storage.check_run_id(run_id or storage.new_run_id())
     storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
-    storage.check_writable(cfg.output.uri, "output.uri")        # before any expensive work
+    sink = RunWriter(cfg.output.uri, day, run_id, dt.timedelta(minutes=cfg.output.gc_grace_minutes))
     if train_models:
         storage.check_writable(cfg.output.models_uri, "output.models_uri")
-    base_generation = storage.generation(cfg.output.uri, day)
+    sink.on_write_start()                # before any expensive work
     try:
-        with storage.Heartbeat(cfg.output.uri, day, run_id, base_generation):
-            result, c = _produce(cfg, day, run_id, train_models, models, rebuild_state)
+        result, c = _produce(cfg, day, sink, train_models, models, rebuild_state)
         with _timed(result.seconds, "commit"):
-            storage.commit(cfg.output.uri, c, base_generation)
-    except Exception as exc:
-        if not _lost_race(cfg, day, base_generation, exc):
-            raise
-        storage.discard(cfg.output.uri, day, run_id)        # the losing run removes its own files
-        if isinstance(exc, storage.CommitConflict):
-            raise
-        raise storage.CommitConflict(
-            f"dt={day}: another run committed while run {run_id} was running; this run stopped "
-            f"({type(exc).__name__}: {exc}) and published nothing") from exc
+            cleanup = sink.on_write_complete(c)
+    except BaseException as exc:
+        sink.on_write_failed(exc)        # CommitConflict when another run committed the day
+        raise
     log.info("dt=%s committed: %s", day, ", ".join(f"{k} {v}" for k, v in result.counts.items()))
-    cleanup = storage.collect(cfg.output.uri, day, dt.timedelta(minutes=cfg.output.gc_grace_minutes))
-    if cleanup.removed:
-        log.info("dt=%s: removed %d run(s) that can no longer be read or committed",
-                 day, len(cleanup.removed))
-    for failure in cleanup.failed:
-        log.warning("dt=%s: the commit stands, but cleanup failed: %s", day, failure)
     return replace(result, cleanup=cleanup)
 
 
-def _lost_race(cfg: Config, day: dt.date, base_generation: int, exc: Exception) -> bool:
-    """Did another run commit ``day`` after this one started (so it can never commit)?"""
-    if isinstance(exc, storage.CommitConflict):
-        return True
-    try:
-        return storage.generation(cfg.output.uri, day) > base_generation
-    except Exception:             # noqa: BLE001 - storage down: report the original error
-        return False
-
-
-def _produce(cfg: Config, day: dt.date, run_id: str, train_models: bool,
+def _produce(cfg: Config, day: dt.date, sink: RunWriter, train_models: bool,
              models: dict[str, str] | None, rebuild_state: bool) -> tuple[RunResult, storage.Commit]:
     """Everything before the commit point: read, train, score, evaluate, the commit to make."""
     secs: dict[str, float] = {}
+    run_id = sink.run_id
     models = None if train_models else (models or scoring_models(cfg, day))
     plan = training_plan(cfg, day) if train_models else None
     inputs = prepare(cfg, day, run_id, secs, _vocab_of(plan.parent if plan else models["sequence"]),
@@ -320,7 +299,6 @@ def _produce(cfg: Config, day: dt.date, run_id: str, train_models: bool,
     model_uris = train_all(cfg, inputs, plan, secs) if train_models else dict(models)
     for kind in set(MODEL_KINDS) - set(model_uris):     # a run that trained only some kinds
         model_uris[kind] = checkpoint.latest(cfg.output.models_uri, kind)
-    day_uri = storage.partition(cfg.output.uri, day)
     generated_at = dt.datetime.now(dt.timezone.utc).isoformat()
     verified = {k: checkpoint.verify(u) for k, u in model_uris.items()}   # TamperedCheckpoint
     versions = {k: v["version"] for k, v in verified.items()}
@@ -328,39 +306,25 @@ def _produce(cfg: Config, day: dt.date, run_id: str, train_models: bool,
     with _timed(secs, "score"):
         written = score_histories(cfg, inputs.histories, models_kwargs, inputs.run_uri,
                                   versions[cfg.score.recommender], generated_at)
-    files: dict[str, list[str]] = {"user_state": [f"run={run_id}/{f}" for f in inputs.state_files]}
-    rows: dict[str, int] = {"user_state": inputs.state_info["users"]}
-    cold = 0
-    for w in written:
-        files.setdefault(w["table"], []).append(f"run={run_id}/{w['file']}")
-        rows[w["table"]] = rows.get(w["table"], 0) + int(w["rows"])
-        cold += int(w["cold_start"]) if w["table"] == "recommendations" else 0
-    rejects = storage.list_files(storage.join(inputs.run_uri, "rejects"))
-    if rejects:
-        files["rejects"] = [u[len(day_uri) + 1:] for u in rejects]
-    rows["rejects"] = inputs.stats["rejected_rows"]
+    sink.record("user_state", inputs.state_files, inputs.state_info["users"])
+    sink.record_writes(written)
+    sink.record_folder("rejects", inputs.stats["rejected_rows"])
     metrics: dict = {}
     if cfg.eval.enabled:
         with _timed(secs, "evaluate"):
             metrics = evaluate(inputs.histories, models_kwargs, cfg)
-            storage.write_json(storage.join(inputs.run_uri, "metrics.json"), metrics)
-            files["metrics"] = [f"run={run_id}/metrics.json"]
-    counts = {"users_scored": rows.get("recommendations", 0), "cold_start_users": cold,
+            sink.write_json("metrics", "metrics.json", metrics)
+    counts = {"users_scored": sink.rows.get("recommendations", 0),
+              "cold_start_users": sum(int(w["cold_start"]) for w in written if w["table"] == "recommendations"),
               "new_items": inputs.state_info["new_items"], "vocab_items": inputs.vocab.size - 1,
               "state_users": inputs.state_info["users"], "input_partitions": len(inputs.partitions),
               "input_rows": inputs.stats["input_rows"], "rejected_rows": inputs.stats["rejected_rows"]}
-    result = RunResult(day.isoformat(), run_id, storage.join(day_uri, storage.COMMIT_FILE), model_uris,
-                       metrics, counts, secs, {"state": inputs.state_info,
-                                               "training": asdict(plan) if plan else None})
-    storage.write_json(storage.join(inputs.run_uri, "summary.json"), asdict(result))
-    files["summary"] = [f"run={run_id}/summary.json"]
-    _remove_unlisted(inputs.run_uri, day_uri, files)
-    c = storage.Commit(dt=day.isoformat(), run_id=run_id, files={k: sorted(v) for k, v in files.items()},
-                       rows=rows, model_versions=versions, input_partitions=inputs.partitions,
-                       config_hash=cfg.hash(), created_at=generated_at,
-                       details={"input": inputs.stats, "state": inputs.state_info, "counts": counts,
-                                "models": verified})
-    return result, c
+    result = RunResult(day.isoformat(), run_id, sink.commit_uri, model_uris, metrics, counts, secs,
+                       {"state": inputs.state_info, "training": asdict(plan) if plan else None})
+    sink.write_json("summary", "summary.json", asdict(result))
+    return result, sink.manifest(versions, inputs.partitions, cfg.hash(), generated_at,
+                                {"input": inputs.stats, "state": inputs.state_info, "counts": counts,
+                                 "models": verified})
 
 
 def score_histories(cfg: Config, histories: ray.data.Dataset, models_kwargs: dict, run_uri: str,
@@ -380,16 +344,6 @@ def score_histories(cfg: Config, histories: ray.data.Dataset, models_kwargs: dic
         write_batch, batch_size=cfg.score.rows_per_file, batch_format="pyarrow",
         fn_kwargs={"run_uri": run_uri, "model_version": model_version,
                    "generated_at": generated_at}).take_all()
-
-
-def _remove_unlisted(run_uri: str, day_uri: str, files: dict[str, list[str]]) -> None:
-    """Delete files a retried batch left behind, so the run holds exactly what it commits."""
-    listed = {storage.join(day_uri, f) for fs in files.values() for f in fs}
-    for uri in storage.list_files(run_uri):
-        if uri not in listed:
-            log.info("removing unlisted file %s", uri)
-            fs, path = storage.resolve(uri)
-            fs.delete_file(path)
 
 
 def backfill(cfg: Config, start: dt.date, end: dt.date, overwrite: bool = False,

@@ -17,7 +17,6 @@ show; the item scores are exact by construction (``ranking``).
 from __future__ import annotations
 
 import ctypes
-import datetime as dt
 import logging
 import os
 
@@ -27,9 +26,8 @@ import pyarrow.compute as pc
 import torch
 from threadpoolctl import threadpool_limits
 
-from raymedia import checkpoint, features, models, ranking, schema, storage
+from raymedia import checkpoint, features, models, ranking
 from raymedia.config import Config
-from raymedia.data.state import write_part
 from raymedia.data.vocab import Vocab
 
 log = logging.getLogger(__name__)
@@ -206,24 +204,3 @@ class Scorer(_Models):
             "cold_start": pa.array(np.full(users.num_rows, cold)),
         })
 
-
-def write_batch(batch: pa.Table, run_uri: str, model_version: str, generated_at: str) -> pa.Table:
-    """Write one batch as a recommendations file and a predictions file; return their names,
-    row counts and how many of the users were cold-start users."""
-    ts = pa.scalar(dt.datetime.fromisoformat(generated_at), schema.TS_TYPE)
-    n = batch.num_rows
-    version = pa.array([model_version] * n)
-    users, items = batch["user_id"].type, batch["items"].type.value_type
-    tables = {
-        "recommendations": pa.table({"user_id": batch["user_id"], "items": batch["items"],
-                                     "scores": batch["scores"], "model_version": version,
-                                     "generated_at": pa.array([ts.value] * n, schema.TS_TYPE)}
-                                    ).cast(schema.with_id_types(schema.RECOMMENDATIONS, users, items)),
-        "predictions": pa.table({"user_id": batch["user_id"], "p_return_7d": batch["p_return_7d"],
-                                 "next_category": batch["next_category"],
-                                 "n_events": batch["n_events"], "model_version": version}
-                                ).cast(schema.with_id_types(schema.PREDICTIONS, users)),
-    }
-    out = pa.concat_tables([write_part(t, run_uri, name) for name, t in tables.items()])
-    cold = int(pc.sum(batch["cold_start"]).as_py() or 0)
-    return out.append_column("cold_start", pa.array([cold] * out.num_rows))

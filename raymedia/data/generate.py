@@ -30,7 +30,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from raymedia import schema, storage
 from raymedia.schema import EventType
@@ -501,9 +500,7 @@ def generate(cfg: GeneratorConfig, out_uri: str, overwrite: bool = False) -> Gen
     if storage.list_files(events_uri) and not (generated or overwrite):
         raise FileExistsError(f"{events_uri} already holds events not written by the generator; "
                               "choose another --out or pass --overwrite")
-    fs, path = storage.resolve(catalog_uri)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    pq.write_table(make_catalog(cfg), path, filesystem=fs)
+    storage.write_parquet(make_catalog(cfg), catalog_uri)
     storage.delete_dir(events_uri)
     rows, files = _run_chunks(cfg, events_uri)
     summary = GenerateSummary(

@@ -21,15 +21,12 @@ unless an item file says it), so the imported data runs through the pipeline as 
 from __future__ import annotations
 
 import datetime as dt
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from raymedia import schema, storage
 
@@ -52,11 +49,6 @@ class ImportSummary:
         return (dt.date.fromisoformat(self.last_day) + dt.timedelta(days=1)).isoformat()
 
 
-def _read_bytes(path: str) -> bytes:
-    with fsspec.open(path, "rb") as f:
-        return f.read()
-
-
 def _csv(data: bytes, delimiter: str, names: list[str], skip: int = 0) -> pa.Table:
     return pacsv.read_csv(
         pa.BufferReader(data),
@@ -74,7 +66,7 @@ def _layout(first: bytes, path: str) -> str:
 
 def read_movielens(path: str) -> pa.Table:
     """MovieLens ratings in any of its three layouts -> events (with ``dt``)."""
-    data = _read_bytes(path)
+    data = storage.read_bytes(path)
     first = data[:data.find(b"\n")] if b"\n" in data else data
     layout = _layout(first, path)
     if layout == "dat":     # ':' splits '::' into an empty field between the values
@@ -93,7 +85,7 @@ def read_movielens(path: str) -> pa.Table:
 
 def read_sasrec(path: str, start: dt.datetime) -> pa.Table:
     """SASRec text (``user item`` per line, chronological per user) -> events (with ``dt``)."""
-    raw = _csv(_read_bytes(path), " ", ["user_id", "item_id"])
+    raw = _csv(storage.read_bytes(path), " ", ["user_id", "item_id"])
     base = int(start.timestamp() * 1_000_000)
     ts = pa.array(base + np.arange(raw.num_rows, dtype=np.int64) * 1_000_000, pa.int64())
     return _events(raw["user_id"], raw["item_id"], pa.array(["play"] * raw.num_rows),
@@ -173,14 +165,16 @@ def _text(data: bytes) -> str:
 
 def read_movielens_items(ratings_path: str) -> pa.Table | None:
     """The content of the item file beside a ratings file (None when there is none)."""
-    with fsspec.open(ratings_path, "rb") as f:
-        layout = _layout(f.readline(), ratings_path)
+    fs, path = storage.resolve(ratings_path)
+    with fs.open_input_stream(path) as f:
+        head = f.read(1 << 16)
+    layout = _layout(head.split(b"\n", 1)[0], ratings_path)
     folder = ratings_path.rsplit("/", 1)[0] if "/" in ratings_path else "."
     names = ITEM_FILES[layout]
     fs, _ = storage.resolve(ratings_path)
     if not fs.get_file_info(storage.resolve(storage.join(folder, names[0]))[1]).is_file:
         return None
-    data = _read_bytes(storage.join(folder, names[0]))
+    data = storage.read_bytes(storage.join(folder, names[0]))
     if layout == "tab":             # id|title|release|video release|url|19 genre flags
         rows = [r.split("|") for r in _text(data).splitlines() if r.strip()]
         genres = [[g for g, f in zip(ML100K_GENRES, r[5:24]) if f == "1" and g != "unknown"] for r in rows]
@@ -195,7 +189,7 @@ def read_movielens_items(ratings_path: str) -> pa.Table | None:
     user_tags: dict = {}
     tags_path = storage.join(folder, names[1])
     if fs.get_file_info(storage.resolve(tags_path)[1]).is_file:
-        tags = pacsv.read_csv(pa.BufferReader(_read_bytes(tags_path)),
+        tags = pacsv.read_csv(pa.BufferReader(storage.read_bytes(tags_path)),
                               convert_options=pacsv.ConvertOptions(column_types={"tag": pa.string()}))
         tags = tags.filter(pc.is_valid(tags["tag"]))
         tags = tags.set_column(2, "tag", pc.utf8_lower(pc.utf8_trim_whitespace(tags["tag"])))
@@ -229,7 +223,7 @@ def read_mind(folder: str) -> tuple[pa.Table, pa.Table]:
     if missing:
         raise ValueError(f"{folder}: --format mind needs a folder with behaviors.tsv and news.tsv "
                          f"(missing: {', '.join(missing)})")
-    b = _tsv(_read_bytes(paths["behaviors.tsv"]), MIND_BEHAVIORS)
+    b = _tsv(storage.read_bytes(paths["behaviors.tsv"]), MIND_BEHAVIORS)
     when = pd.to_datetime(b["time"].to_pandas(), format="%m/%d/%Y %I:%M:%S %p", utc=True, errors="coerce")
     if when.isna().any():
         row = int(when.isna().to_numpy().argmax())
@@ -263,7 +257,7 @@ def read_mind(folder: str) -> tuple[pa.Table, pa.Table]:
            htok.filter(hkeep), pa.array(["click"] * int(pc.sum(hkeep).as_py() or 0)), hts.filter(hkeep))
     cols = [pa.chunked_array([a, c, h]) for a, c, h in zip(imp, clk, his)]
     events = _events(*cols)
-    news = _tsv(_read_bytes(paths["news.tsv"]), MIND_NEWS)
+    news = _tsv(storage.read_bytes(paths["news.tsv"]), MIND_NEWS)
     return events, mind_content(news)
 
 
@@ -286,25 +280,9 @@ def mind_content(news: pa.Table) -> pa.Table:
 
 
 def write_days(events: pa.Table, events_uri: str, threads: int = 8) -> int:
-    """``events`` (with ``dt``) as one file per day, ``dt=D/part-00000.parquet``, written by a
-    bounded thread pool: a multi-year log is thousands of days, and the events contract
-    partitions by day, so one file per day is the fewest files it allows. Returns the days."""
-    events = events.sort_by([("dt", "ascending"), ("ts", "ascending")])
-    days = events["dt"].to_numpy(zero_copy_only=False)
-    starts = np.flatnonzero(np.r_[True, days[1:] != days[:-1]])
-    bounds = np.r_[starts, len(days)]
-    data = events.drop_columns(["dt"])
-    fs, _ = storage.resolve(events_uri)
-
-    def write(i: int) -> None:
-        _, path = storage.resolve(storage.join(storage.partition(events_uri, str(days[starts[i]])),
-                                               "part-00000.parquet"))
-        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        pq.write_table(data.slice(starts[i], bounds[i + 1] - starts[i]), path, filesystem=fs)
-
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        list(pool.map(write, range(len(starts))))
-    return len(starts)
+    """``events`` (with ``dt``) as one file per day, ``dt=D/part-00000.parquet``, in time
+    order, by a bounded thread pool (``storage.write_partitioned``). Returns the days."""
+    return len(storage.write_partitioned(events.sort_by("ts"), events_uri, "part-00000.parquet", threads))
 
 
 def import_events(fmt: str, path: str, out_uri: str,
@@ -327,9 +305,7 @@ def import_events(fmt: str, path: str, out_uri: str,
     catalog = catalog_of(events, content)           # before anything is written
     write_days(events, events_uri)
     catalog_uri = storage.join(out_uri, "catalog", "catalog.parquet")
-    fs, cpath = storage.resolve(catalog_uri)
-    fs.create_dir(cpath.rsplit("/", 1)[0], recursive=True)
-    pq.write_table(catalog, cpath, filesystem=fs)
+    storage.write_parquet(catalog, catalog_uri)
     days = pc.min_max(events["dt"])
     return ImportSummary(events_uri, catalog_uri, len(pc.unique(events["user_id"])),
                          len(pc.unique(events["item_id"])), events.num_rows,

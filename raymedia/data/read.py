@@ -205,9 +205,7 @@ def to_log_rows(batch: pa.Table, events_uri: str, run_uri: str, vocab: Vocab | N
     impression = pc.equal(valid["event"], "impression")
     bid = _batch_id(batch)
     if rejected.num_rows:
-        fs, path = storage.resolve(storage.join(run_uri, "rejects", f"part-{bid}.parquet"))
-        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        pq.write_table(rejected, path, filesystem=fs)
+        storage.write_parquet(rejected, storage.join(run_uri, "rejects", f"part-{bid}.parquet"))
     reasons = pc.value_counts(rejected["reason"]).to_pylist() if rejected.num_rows else []
     n_imp = int(pc.sum(impression).as_py() or 0)
     unknown = 0

@@ -33,15 +33,11 @@ then one vectorised pass, not one Python call per user.
 
 from __future__ import annotations
 
-import uuid
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import ray
 
-from raymedia import storage
 from raymedia.data.vocab import Vocab
 from raymedia.schema import US_PER_DAY, EventType
 
@@ -308,19 +304,6 @@ def _list_sums(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     values = pc.list_flatten(arr).to_numpy().astype(np.int64)
     owner = np.repeat(np.arange(len(arr)), lengths)
     return np.bincount(owner, weights=values, minlength=len(arr)).astype(np.int32)
-
-
-def write_part(batch: pa.Table, run_uri: str, table: str) -> pa.Table:
-    """Write one batch as ``run_uri/<table>/part-<uuid>.parquet``; return its name and rows.
-
-    Fresh names: a batch Ray retries never clobbers another, and the pipeline
-    commits only the files reported back (the rest are removed before commit).
-    """
-    name = f"{table}/part-{uuid.uuid4().hex}.parquet"
-    fs, root = storage.resolve(run_uri)
-    fs.create_dir(f"{root}/{table}", recursive=True)
-    pq.write_table(batch, f"{root}/{name}", filesystem=fs)
-    return pa.table({"table": [table], "file": [name], "rows": [batch.num_rows]})
 
 
 def distinct_items(user_state: ray.data.Dataset) -> pa.Array:

@@ -76,9 +76,7 @@ class Vocab:
                          "popularity": pa.array(self.popularity[1:])})
 
     def save(self, uri: str) -> None:
-        fs, path = storage.resolve(uri)
-        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        pq.write_table(self.to_table(), path, filesystem=fs)
+        storage.write_parquet(self.to_table(), uri)
 
     @classmethod
     def from_table(cls, t: pa.Table) -> "Vocab":
