@@ -17,7 +17,8 @@ import torch
 
 from raymedia import features, models
 from raymedia.config import Config
-from raymedia.evaluate import hit_rate, rank_all
+from raymedia.evaluate import rank_all
+from raymedia.metrics import hit_rate
 
 CLUSTERS, PER_CLUSTER, STEPS, USERS = 4, 10, 8, 160
 VOCAB = CLUSTERS * PER_CLUSTER + 1
