@@ -83,7 +83,7 @@ def auc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 def brier(p: np.ndarray, labels: np.ndarray) -> float | None:
     """Mean squared error of the predicted probabilities; None without users."""
-    p, y = np.asarray(p, dtype=np.float64), np.asarray(labels, dtype=np.float64)
+    p, y = np.asarray(p), np.asarray(labels)
     return float(np.mean((p - y) ** 2)) if len(p) else None
 
 

@@ -231,10 +231,10 @@ def _loop(config: dict) -> None:
         if improved:
             best_epoch = epoch
         report = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
-                   "first_batch_loss": losses[0] if losses else float("nan"),
-                   "batches": len(losses), "samples": samples, "seconds": elapsed, "data_wait_s": wait,
-                   "lr": opt.param_groups[0]["lr"], "val_ndcg": val, "val_users": int(count),
-                   "best_epoch": best_epoch}
+                  "first_batch_loss": losses[0] if losses else float("nan"),
+                  "batches": len(losses), "samples": samples, "seconds": elapsed, "data_wait_s": wait,
+                  "lr": opt.param_groups[0]["lr"], "val_ndcg": val, "val_users": int(count),
+                  "best_epoch": best_epoch}
         history.append(report)
         stop = (patience > 0 and best_epoch is not None and epoch - best_epoch >= patience) \
             or bool(budget and spent >= budget)
