@@ -17,17 +17,15 @@ def publish_random_models(cfg, vocab, version: str) -> dict[str, str]:
     to ``cfg.output.models_uri`` like trained ones; returns their URIs."""
     import tempfile
     import torch
-    from raymedia import checkpoint, models, pipeline
+    from raymedia import checkpoint, models
     uris = {}
-    for kind in pipeline.MODEL_KINDS:
+    for kind in models.KINDS:
         torch.manual_seed(0)
         model = models.build(kind, models.model_kwargs(kind, cfg), vocab.size, vocab.num_categories,
                              cfg.data.history_len, torch.as_tensor(vocab.item_category),
                              torch.as_tensor(vocab.popularity))
-        meta = {"kind": kind, "version": version, "kwargs": models.model_kwargs(kind, cfg),
-                "max_len": cfg.data.history_len, "vocab_digest": vocab.digest(), "history": []}
         with tempfile.TemporaryDirectory() as d:
-            checkpoint.save_dir(d, model, meta, vocab)
+            checkpoint.save_dir(d, model, checkpoint.ModelMeta.new(kind, version, cfg, vocab), vocab)
             uris[kind] = checkpoint.publish(d, cfg.output.models_uri, kind, version)
     return uris
 

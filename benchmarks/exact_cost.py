@@ -21,8 +21,9 @@ import pyarrow as pa
 import torch
 
 from common import publish_random_models  # noqa: E402  (puts the repo on sys.path)
-from raymedia import config  # noqa: E402
+from raymedia import config, models  # noqa: E402
 from raymedia.data.vocab import Vocab  # noqa: E402
+from raymedia.inference import ScoringContext  # noqa: E402
 from raymedia.score import Scorer  # noqa: E402
 
 
@@ -49,7 +50,7 @@ def main() -> None:
     p.add_argument("--k", type=int, default=100)
     p.add_argument("--history", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=1024)
-    p.add_argument("--recommender", default="two_tower", choices=["two_tower", "sequence"])
+    p.add_argument("--recommender", default="two_tower", choices=models.KINDS)
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     p.add_argument("--repeat", type=int, default=2)
     args = p.parse_args()
@@ -60,7 +61,7 @@ def main() -> None:
     rng = np.random.default_rng(0)
     vocab = Vocab(pa.array(np.arange(1, args.items + 1)), np.concatenate([[0], rng.integers(1, 21, args.items)]),
                   [f"c{i}" for i in range(1, 21)], np.concatenate([[0], rng.integers(0, 1000, args.items)]).astype(float))
-    scorer = Scorer(publish_random_models(cfg, vocab, "bench"), cfg, "2026-01-20", vocab,
+    scorer = Scorer(ScoringContext(publish_random_models(cfg, vocab, "bench"), "2026-01-20", vocab), cfg,
                     np.ones(vocab.size, dtype=bool))
     table = histories(args.users, args.items, args.history)
     slices = [table.slice(s, args.batch_size) for s in range(0, table.num_rows, args.batch_size)]

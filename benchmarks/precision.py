@@ -24,8 +24,9 @@ import pyarrow as pa
 import ray
 
 from common import record  # noqa: E402  (puts the repo on sys.path)
-from raymedia import config, pipeline, storage  # noqa: E402
+from raymedia import config, models, pipeline, storage  # noqa: E402
 from raymedia.data.generate import GeneratorConfig, generate  # noqa: E402
+from raymedia.inference import ScoringContext  # noqa: E402
 from raymedia.score import Scorer  # noqa: E402
 
 
@@ -58,12 +59,12 @@ def main() -> None:
              f"models trained {args.epochs} epochs", "",
              "| recommender | precision | overlap@K vs fp32 | identical lists | users/s (compute) |",
              "|---|---|---:|---:|---:|"]
-    for rec in ("sequence", "two_tower"):
+    for rec in models.KINDS:
         top: dict[str, np.ndarray] = {}
         for precision in ("fp32", "bf16", "fp16"):
             c = dataclasses.replace(cfg, score=dataclasses.replace(cfg.score, precision=precision,
                                                                    recommender=rec))
-            scorer = Scorer(result.model_uris, c, day.isoformat(), inputs.vocab)
+            scorer = Scorer(ScoringContext(result.model_uris, day.isoformat(), inputs.vocab), c)
             batches = [scorer.inputs(table.slice(s, 1024), "score")[1] for s in range(0, table.num_rows, 1024)]
             t0 = time.perf_counter()
             top[precision] = np.concatenate([scorer.compute(x)["idx"].numpy() for x in batches])

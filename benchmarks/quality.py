@@ -24,7 +24,7 @@ import time
 
 from common import ROOT, record  # noqa: F401  (puts the repo on sys.path)
 
-from raymedia import quality, report, storage
+from raymedia import models, quality, report, storage
 
 
 def detect_format(path: str) -> str:
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("path", help="data set: events root, SASRec .txt, MovieLens ratings file, or 'synthetic'")
     p.add_argument("--format", default="auto", choices=["auto", "events", "sasrec", "movielens", "synthetic"])
     p.add_argument("--out", help="working directory (default /tmp/raymedia-quality/<name>)")
-    p.add_argument("--model", default="all", choices=["sequence", "two-tower", "all"])
+    p.add_argument("--model", default="all", choices=[*models.names(), "all"])
     p.add_argument("--repeats", default="both", choices=["both", "allowed", "excluded"],
                    help="evaluate with repeats allowed, seen items excluded, or both")
     p.add_argument("--users", type=int, default=3000)

@@ -24,7 +24,7 @@ from conftest import small_config  # noqa: E402
 
 import ray  # noqa: E402
 
-from raymedia import pipeline  # noqa: E402
+from raymedia import models, pipeline  # noqa: E402
 from raymedia.data.generate import GeneratorConfig, generate  # noqa: E402
 
 
@@ -40,7 +40,7 @@ def _generate(gen: GeneratorConfig, root: str) -> None:
 def ratios(metrics: dict) -> dict[str, float]:
     m = metrics["models"]
     pop = m["popularity"]["ndcg@10"]
-    out = {f"{k}/pop": m[k]["ndcg@10"] / pop for k in ("two_tower", "sequence") if k in m}
+    out = {f"{k}/pop": m[k]["ndcg@10"] / pop for k in models.KINDS if k in m}
     if "return" in metrics:
         out["auc"] = metrics["return"]["auc"]
     return out

@@ -32,10 +32,11 @@ import pyarrow.parquet as pq
 import ray
 
 from common import publish_random_models, record  # noqa: E402  (puts the repo on sys.path)
-from raymedia import config, features, pipeline, storage  # noqa: E402
+from raymedia import config, features, models, pipeline, storage  # noqa: E402
 from raymedia.data import read, state  # noqa: E402
 from raymedia.data.generate import GeneratorConfig, generate  # noqa: E402
 from raymedia.data.vocab import Vocab  # noqa: E402
+from raymedia.inference import ScoringContext  # noqa: E402
 from raymedia.score import Scorer  # noqa: E402
 
 
@@ -47,7 +48,7 @@ def main() -> None:
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--k", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=1024)
-    p.add_argument("--recommender", default="two_tower", choices=["two_tower", "sequence"])
+    p.add_argument("--recommender", default="two_tower", choices=models.KINDS)
     p.add_argument("--work", default=None, help="scratch directory (default: a temp dir)")
     p.add_argument("--no-record", action="store_true")
     args = p.parse_args()
@@ -85,12 +86,12 @@ def main() -> None:
     vocab_n = Vocab.build(catalog, pa.array([], vocab.item_ids.type), features.day_start_us(nxt), base=vocab)
     n = pipeline.state_len(cfg)
     fs, _ = storage.resolve(cfg.output.uri)
-    kwargs = {"model_uris": uris, "cfg": cfg, "asof": nxt.isoformat(), "vocab": vocab_n}
+    context = ScoringContext(uris, nxt.isoformat(), vocab_n)
     t0 = time.perf_counter()
     histories = ray.data.read_parquet([storage.resolve(u)[1] for u in state_uris], filesystem=fs,
                                       partitioning=None).map_batches(
         state.to_histories, batch_format="pyarrow", fn_kwargs={"vocab": vocab_n, "n": n})
-    written = pipeline.score_histories(cfg, histories, kwargs, f"{work}/streamed", "bench",
+    written = pipeline.score_histories(cfg, histories, context, f"{work}/streamed", "bench",
                                        dt.datetime.now(dt.timezone.utc).isoformat())
     stream_s = time.perf_counter() - t0
     assert sum(w["rows"] for w in written if w["table"] == "recommendations") == n_users
@@ -98,8 +99,7 @@ def main() -> None:
     # the same users in process: the Scorer on Arrow batches, then the bare model compute
     table = state.to_histories(pa.concat_tables(
         [pq.read_table(storage.resolve(u)[1], filesystem=fs) for u in state_uris]), vocab_n, n)
-    scorer = Scorer(uris, cfg, nxt.isoformat(), vocab_n,
-                    vocab_n.recommendable(catalog, features.day_start_us(nxt)))
+    scorer = Scorer(context, cfg, context.recommendable(cfg.data.catalog_uri))
     t0 = time.perf_counter()
     for s in range(0, table.num_rows, args.batch_size):
         scorer(table.slice(s, args.batch_size))

@@ -104,7 +104,7 @@ def main() -> None:
     p.add_argument("--days", type=int, default=14)
     p.add_argument("--epochs", type=int, default=3, help="the first is warm-up, not counted")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--model", default="both", choices=["sequence", "two_tower", "both"])
+    p.add_argument("--model", default="both", choices=[*models.KINDS, "both"])
     p.add_argument("--no-record", action="store_true")
     p.add_argument("--loss-kernel", action="store_true", help="time only the softmax loss kernels")
     p.add_argument("--positions", type=int, default=6400, help="--loss-kernel: positions per step")
@@ -132,7 +132,7 @@ def main() -> None:
     rows = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
     n = len(rows["items"])
 
-    kinds = ["sequence", "two_tower"] if args.model == "both" else [args.model]
+    kinds = list(models.KINDS) if args.model == "both" else [args.model]
     table = []
     for kind in kinds:
         plain1 = plain_loop(kind, cfg, inputs.vocab, rows, args.epochs, threads=1)

@@ -16,11 +16,13 @@ models that scored it, so a later swap of a model is visible in every commit.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import io
 import json
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -29,10 +31,67 @@ import torch
 from raymedia import models, storage
 from raymedia.data.vocab import Vocab
 
+if TYPE_CHECKING:
+    from raymedia.config import Config
+
 WEIGHTS, META, VOCAB = "model.pt", "model.json", "vocab.parquet"
 FILES = (WEIGHTS, META, VOCAB)
-KINDS = ("two_tower", "sequence")
 REGISTRY = "_versions"
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """A model's ``model.json``: what it is, what it was trained on, how training went.
+
+    Built once per training run (``new``), read back with ``from_json``; the JSON keys are
+    the field names, so checkpoints written before this class load unchanged (a missing
+    ``full_asof`` is the model's own ``trained_asof``: it was a full retrain).
+    """
+    kind: str
+    version: str
+    kwargs: dict                    # constructor arguments (``models.model_kwargs``)
+    max_len: int                    # the history length it reads
+    vocab_digest: str
+    trained_asof: str | None = None     # the day it was trained for (None: not trained, a benchmark's)
+    full_asof: str | None = None        # trained_asof of the full retrain its warm starts began from
+    config_hash: str | None = None
+    start: str = "full"                 # "full" | "warm"
+    parent: str | None = None           # the version it warm-started from
+    history: tuple[dict, ...] = ()      # one entry per epoch (loss, validation NDCG, seconds, ...)
+    best_epoch: int | None = None
+    stopped_early: bool = False
+
+    @classmethod
+    def new(cls, kind: str, version: str, cfg: Config, vocab: Vocab, asof: dt.date | None = None,
+            parent: ModelMeta | None = None) -> ModelMeta:
+        """The metadata of a model about to be trained (or, without ``asof``, a random one);
+        with ``parent`` it warm-starts from that model and keeps its full retrain's day."""
+        day = asof.isoformat() if asof else None
+        meta = cls(kind, version, models.model_kwargs(kind, cfg), cfg.data.history_len, vocab.digest(),
+                   trained_asof=day, full_asof=day, config_hash=cfg.hash())
+        if parent is None:
+            return meta
+        if (parent.kwargs, parent.max_len) != (meta.kwargs, meta.max_len):
+            raise ValueError(f"cannot warm-start {kind} from {parent.version}: its shape "
+                             f"{parent.kwargs} (max_len {parent.max_len}) differs from the config's; "
+                             "run a full retrain (train.schedule=full)")
+        return dataclasses.replace(meta, start="warm", parent=parent.version, full_asof=parent.full_asof)
+
+    @classmethod
+    def from_json(cls, data: dict) -> ModelMeta:
+        known = {f.name for f in dataclasses.fields(cls)}
+        meta = cls(**{k: v for k, v in data.items() if k in known})
+        return dataclasses.replace(meta, history=tuple(meta.history),
+                                   full_asof=meta.full_asof or meta.trained_asof)
+
+    def to_json(self) -> dict:
+        return {**dataclasses.asdict(self), "history": list(self.history)}
+
+
+def read_meta(uri: str) -> ModelMeta:
+    """The metadata of a model directory (published or a local checkpoint), unverified:
+    for decisions about a model (which to use, how to train), not to load it (``load``)."""
+    return ModelMeta.from_json(storage.read_json(storage.join(uri, META)))
 
 
 class TamperedCheckpoint(ValueError):
@@ -88,7 +147,8 @@ def verify(uri: str) -> dict:
     return {"version": version, "sha256": record["sha256"]}
 
 
-def save_dir(path: str, model: torch.nn.Module, meta: dict, vocab: Vocab, extra: dict | None = None) -> None:
+def save_dir(path: str, model: torch.nn.Module, meta: ModelMeta, vocab: Vocab,
+             extra: dict | None = None) -> None:
     """Write a checkpoint into a local directory (Ray Train then persists it)."""
     os.makedirs(path, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -96,14 +156,14 @@ def save_dir(path: str, model: torch.nn.Module, meta: dict, vocab: Vocab, extra:
         state.update({f"__{k}": v for k, v in extra.items()})
     torch.save(state, os.path.join(path, WEIGHTS))
     with open(os.path.join(path, META), "w") as f:
-        json.dump(meta, f, indent=2, sort_keys=True)
+        json.dump(meta.to_json(), f, indent=2, sort_keys=True)
     vocab.save(os.path.join(path, VOCAB))
 
 
 @dataclass
 class Loaded:
     model: torch.nn.Module
-    meta: dict
+    meta: ModelMeta
     vocab: Vocab
 
 
@@ -124,11 +184,11 @@ def load(uri: str, device: str = "cpu") -> Loaded:
     """A published model, its metadata and vocabulary, each file verified against the
     registry record before it is deserialised (weights with ``weights_only=True``)."""
     files = read_verified(uri)
-    meta = json.loads(files[META])
+    meta = ModelMeta.from_json(json.loads(files[META]))
     vocab = _vocab(files[VOCAB])
     state = {k: v for k, v in _state(files[WEIGHTS], device).items() if not k.startswith("__")}
-    model = models.build(meta["kind"], meta["kwargs"], vocab.size, vocab.num_categories,
-                         meta["max_len"], torch.as_tensor(vocab.item_category))
+    model = models.build(meta.kind, meta.kwargs, vocab.size, vocab.num_categories,
+                         meta.max_len, torch.as_tensor(vocab.item_category))
     model.load_state_dict(state)
     return Loaded(model.to(device).eval(), meta, vocab)
 
@@ -179,9 +239,9 @@ def as_of(models_uri: str, kind: str, day: str) -> str:
     found = []
     for uri in storage.list_files(storage.join(models_uri, kind)):
         if uri.endswith("/" + META):
-            meta = storage.read_json(uri)
-            if meta.get("trained_asof", "9999") <= day:
-                found.append((meta["trained_asof"], meta["version"], uri.rsplit("/", 1)[0]))
+            meta = read_meta(uri.rsplit("/", 1)[0])
+            if meta.trained_asof is not None and meta.trained_asof <= day:
+                found.append((meta.trained_asof, meta.version, uri.rsplit("/", 1)[0]))
     if not found:
         raise FileNotFoundError(f"no {kind} model under {models_uri} was trained before dt={day}; "
                                 "name one with --model-version or retrain with --train")

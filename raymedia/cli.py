@@ -15,7 +15,7 @@ import threading
 import time
 
 from raymedia import config as config_mod
-from raymedia import schema, storage
+from raymedia import models, schema, storage
 
 log = logging.getLogger("raymedia")
 
@@ -138,7 +138,7 @@ def parser(prog: str = "raymedia") -> argparse.ArgumentParser:
     e.add_argument("--catalog", help="catalog URI (default: catalog/ next to the events root)")
     e.add_argument("--protocol", default="leave-last-out", choices=["leave-last-out", "temporal"],
                    help="leave-last-out, or temporal: train before the last day, test on it")
-    e.add_argument("--model", default="all", choices=["sequence", "two-tower", "all"])
+    e.add_argument("--model", default="all", choices=[*models.names(), "all"])
     e.add_argument("--exclude-seen", action=argparse.BooleanOptionalAction, default=True,
                    help="mask items the user already had (--no-exclude-seen: repeats allowed)")
     e.add_argument("--checkpoint", help="models root or one published model version: skip training")
@@ -149,7 +149,7 @@ def parser(prog: str = "raymedia") -> argparse.ArgumentParser:
                        "validation split; writes the best config as YAML for --config")
     t.add_argument("--events", required=True, help="events root with dt=YYYY-MM-DD partitions (any URI)")
     t.add_argument("--catalog", help="catalog URI (default: catalog/ next to the events root)")
-    t.add_argument("--model", required=True, choices=["sequence", "two-tower"])
+    t.add_argument("--model", required=True, choices=models.names())
     t.add_argument("--budget", type=int, required=True, help="trials to run")
     t.add_argument("--parallel", type=int, default=None,
                    help="trials at once (default: as many as the cluster's CPUs allow, one CPU left "

@@ -21,6 +21,8 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from raymedia.models import KINDS as MODEL_KINDS
+
 
 class ConfigError(ValueError):
     pass
@@ -135,7 +137,7 @@ class ScoreConfig:
     batch_size: int = _f(512, lo=1, doc="users per map_batches call")
     concurrency: int = _f(1, lo=1, doc="scoring actors (one per GPU on a GPU cluster)")
     num_cpus: float = _f(1.0, lo=0.0, doc="CPUs per scoring actor")
-    recommender: Literal["sequence", "two_tower"] = _f("sequence", doc="model whose top-K is written")
+    recommender: Literal[MODEL_KINDS] = _f("sequence", doc="model whose top-K is written")
     item_chunk: int = _f(65536, lo=1, doc="items scored per matrix product (bounds memory)")
     precision: Literal["fp32", "bf16", "fp16"] = _f("fp32", doc="score matmul precision")
     rows_per_file: int = _f(200_000, lo=1, doc="users per output file (few large files per day)")
@@ -317,10 +319,10 @@ def _cross_checks(cfg: Config) -> None:
     if cfg.two_tower.last_items > cfg.data.history_len:
         raise ConfigError(f"two_tower.last_items ({cfg.two_tower.last_items}) must be <= "
                           f"data.history_len ({cfg.data.history_len})")
-    unknown = set(cfg.model_names()) - {"two_tower", "sequence"}
+    unknown = set(cfg.model_names()) - set(MODEL_KINDS)
     if unknown:
         raise ConfigError(f"train.models has unknown model(s) {sorted(unknown)}; "
-                          "choose from two_tower, sequence")
+                          f"choose from {', '.join(MODEL_KINDS)}")
 
 
 def from_dict(data: dict) -> Config:

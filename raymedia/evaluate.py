@@ -26,10 +26,10 @@ With ``data.exclude_seen`` every ranker masks the same items the scorer masks in
 production: everything the user saw before the test item (``features``' ``seen`` input:
 the user state's seen set within ``data.seen_days`` plus the history before the target).
 
-Per ranker: HR@K, NDCG@K, MRR (full ranking), catalog coverage of the top-K
-lists, their popularity bias (mean popularity percentile of recommended items;
-the catalog's own mean is 0.5), and HR/NDCG by user-history length. The return
-head is scored on the users held out of its training (see
+Per ranker (each metric defined once, in ``raymedia.metrics``): HR@K, NDCG@K, MRR (full
+ranking), catalog coverage of the top-K lists, their popularity bias (mean popularity
+percentile of recommended items; the catalog's own mean is 0.5), and HR/NDCG by user-history
+length. The return head is scored on the users held out of its training (see
 ``features.return_eval_users``) with AUC, Brier score and calibration (ECE over
 10 equal-width bins, the bins themselves kept for the reliability plot).
 
@@ -38,6 +38,9 @@ head is scored on the users held out of its training (see
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+
 import numpy as np
 import pyarrow as pa
 import ray
@@ -45,110 +48,29 @@ import torch
 
 from raymedia import baselines, features, ranking
 from raymedia.config import Config
-from raymedia.data import read
-from raymedia.data.vocab import Vocab
-from raymedia.score import _Models
+from raymedia.inference import LoadedModels, ScoringContext, actor_pool
+from raymedia.metrics import (auc, brier, calibration, coverage, hit_rate, mrr, ndcg, popularity_bias,
+                              popularity_percentile)
 
 SCHEMA_VERSION = 1
 SAMPLED_NEGATIVES = 100
-CALIBRATION_BINS = 10
 HISTORY_BUCKETS = (1, 2, 4, 8, 16, 32)           # lower edges of history-length buckets
 BASELINES = ("popularity", "own_history", "most_frequent", "item_knn", *baselines.NAMES)
 KNN_MAX_ITEMS = 10_000        # the item-item matrix is dense: items^2 floats
 KNN_NEIGHBOURS = 100
 
 
-# ---------------------------------------------------------------------------------------
-# metrics on 0-based ranks (-1: the test item was masked, a miss)
-
-def hit_rate(ranks: np.ndarray, k: int) -> float:
-    """Share of users whose test item ranks in the top k (rank -1 = masked = miss)."""
-    ranks = np.asarray(ranks)
-    return float(np.mean((ranks >= 0) & (ranks < k))) if len(ranks) else float("nan")
-
-
-def ndcg(ranks: np.ndarray, k: int) -> float:
-    """NDCG@k with one relevant item: 1 / log2(rank + 2) inside the top k, else 0."""
-    ranks = np.asarray(ranks)
-    if not len(ranks):
-        return float("nan")
-    hit = (ranks >= 0) & (ranks < k)
-    return float(np.mean(np.where(hit, 1.0 / np.log2(np.maximum(ranks, 0) + 2.0), 0.0)))
-
-
-def mrr(ranks: np.ndarray) -> float:
-    """Mean reciprocal rank over the full ranking; a masked test item scores 0."""
-    ranks = np.asarray(ranks)
-    if not len(ranks):
-        return float("nan")
-    return float(np.mean(np.where(ranks >= 0, 1.0 / (np.maximum(ranks, 0) + 1.0), 0.0)))
-
-
-def coverage(top: np.ndarray, num_items: int) -> float:
-    """Share of the catalog (``num_items``) that appears in at least one top-K list.
-
-    ``top`` is (users, K) item indices, -1 or 0 for empty slots."""
-    top = np.asarray(top)
-    distinct = np.unique(top[top > 0])
-    return float(len(distinct) / num_items) if num_items else float("nan")
-
-
-def popularity_percentile(popularity: np.ndarray) -> np.ndarray:
-    """Per item index: the share of catalog items strictly less popular, plus half the ties
-    (so the catalog's mean is 0.5). Index 0 (padding) is not an item."""
-    pop = np.asarray(popularity, dtype=np.float64)[1:]
-    order = np.sort(pop)
-    less = np.searchsorted(order, pop, side="left")
-    equal = np.searchsorted(order, pop, side="right") - less
-    out = np.zeros(len(pop) + 1)
-    out[1:] = (less + 0.5 * equal) / max(len(pop), 1)
-    return out
-
-
-def popularity_bias(top: np.ndarray, percentile: np.ndarray) -> float:
-    """Mean popularity percentile of the recommended items (0.5: like the catalog)."""
-    top = np.asarray(top)
-    items = top[top > 0]
-    return float(np.mean(percentile[items])) if len(items) else float("nan")
-
-
-def auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """ROC AUC via the rank statistic, ties counted half; NaN when one class is absent."""
-    scores, labels = np.asarray(scores, dtype=np.float64), np.asarray(labels).astype(bool)
-    n_pos, n_neg = labels.sum(), (~labels).sum()
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(scores, kind="mergesort")
-    sorted_scores = scores[order]
-    ranks = np.empty(len(scores))
-    # average ranks (1-based) over ties
-    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
-    avg = first + (counts + 1) / 2.0
-    ranks[order] = np.repeat(avg, counts)
-    return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def calibration(p: np.ndarray, labels: np.ndarray, bins: int = CALIBRATION_BINS) -> dict:
-    """Reliability bins (equal width on [0, 1]) and the expected calibration error.
-
-    ECE = sum over bins of (bin users / users) * |mean prediction - observed rate|.
-    A prediction of exactly 1.0 falls in the last bin. Empty bins are listed with count 0.
-    """
-    p, y = np.asarray(p, dtype=np.float64), np.asarray(labels, dtype=np.float64)
-    idx = np.clip((p * bins).astype(np.int64), 0, bins - 1)
-    count = np.bincount(idx, minlength=bins)
-    sum_p = np.bincount(idx, weights=p, minlength=bins)
-    sum_y = np.bincount(idx, weights=y, minlength=bins)
-    table, ece = [], 0.0
-    for b in range(bins):
-        n = int(count[b])
-        mp = float(sum_p[b] / n) if n else None
-        rate = float(sum_y[b] / n) if n else None
-        if n:
-            ece += n / len(p) * abs(mp - rate)
-        table.append({"lo": b / bins, "hi": (b + 1) / bins, "count": n,
-                      "mean_predicted": mp, "observed_rate": rate})
-    return {"ece": float(ece) if len(p) else float("nan"), "bins": table}
+@dataclass(frozen=True)
+class EvalInputs:
+    """What an evaluation ranks with: the models (``context``), the protocol (``temporal``:
+    the histories carry a ``target`` column), and what ``evaluate`` computes when None: the
+    ``knn`` similarities and ``fitted`` baselines (from the histories), ``recommendable``
+    (from the catalog at ``context.asof``, as scoring does)."""
+    context: ScoringContext
+    protocol: str = "leave-last-out"
+    knn: np.ndarray | None = None
+    fitted: baselines.Fitted | None = None
+    recommendable: np.ndarray | None = None
 
 
 def history_bucket(n: np.ndarray) -> np.ndarray:
@@ -161,9 +83,6 @@ def bucket_labels() -> list[str]:
     return [f"{lo}" if hi - lo == 1 else f"{lo}-{hi - 1}" for lo, hi in zip(edges, edges[1:])] + \
            [f"{edges[-1]}+"]
 
-
-# ---------------------------------------------------------------------------------------
-# ranking
 
 def _sampled_negatives(user_hash: np.ndarray, target: np.ndarray, num_items: int,
                        n: int = SAMPLED_NEGATIVES) -> np.ndarray:
@@ -257,21 +176,18 @@ def item_knn(batches, history_len: int, vocab_size: int,
     return sim.numpy()
 
 
-class Evaluator(_Models):
+class Evaluator(LoadedModels):
     """Callable class for ``map_batches``: history rows -> per-user ranks of every ranker."""
 
     section = "eval"
 
-    def __init__(self, model_uris: dict[str, str], cfg: Config, asof: str, vocab: Vocab | None = None,
-                 knn: np.ndarray | None = None, protocol: str = "leave-last-out",
-                 recommendable: np.ndarray | None = None, fitted: baselines.Fitted | None = None):
-        super().__init__(model_uris, cfg, asof, vocab)
-        self.protocol = protocol
+    def __init__(self, inputs: EvalInputs, cfg: Config):
+        super().__init__(inputs.context, cfg)
+        self.protocol = inputs.protocol
         # the scorer's mask: items it would never show never rank here either
-        self.blocked = (None if recommendable is None
-                        else torch.as_tensor(~recommendable, device=self.device))
-        self.knn = None if knn is None else torch.as_tensor(knn, device=self.device)
-        self.fitted = fitted or baselines.Fitted()
+        self.blocked = self.mask(inputs.recommendable)
+        self.knn = None if inputs.knn is None else torch.as_tensor(inputs.knn, device=self.device)
+        self.fitted = inputs.fitted or baselines.Fitted()
         self.ease = None if self.fitted.ease is None else torch.as_tensor(self.fitted.ease, device=self.device)
         self.als = (None if self.fitted.als_items is None
                     else torch.as_tensor(self.fitted.als_items, device=self.device))
@@ -367,7 +283,7 @@ def summarize(rows: dict[str, np.ndarray], k: int, popularity: np.ndarray | None
         p, y = rows["p_return"][m], rows["ret_label"][m]
         result["return"] = {"auc": auc(p, y), "users": int(m.sum()),
                             "base_rate": float(np.mean(y)) if m.any() else None,
-                            "brier": float(np.mean((p - y) ** 2)) if m.any() else None,
+                            "brier": brier(p, y),
                             **calibration(p, y),
                             "score_histogram": {"positive": _hist(p[y > 0.5]),
                                                 "negative": _hist(p[y <= 0.5])}}
@@ -380,12 +296,10 @@ def _hist(values: np.ndarray, bins: int = 20) -> list[int]:
                         range=(0.0, 1.0))[0].astype(int).tolist()
 
 
-def collect(histories: ray.data.Dataset, models: dict, cfg: Config) -> dict[str, np.ndarray]:
+def collect(histories: ray.data.Dataset, inputs: EvalInputs, cfg: Config) -> dict[str, np.ndarray]:
     """Per-user evaluation rows of every ranker (ranks are small ints; top-K lists K ints)."""
-    ranked = histories.map_batches(
-        Evaluator, fn_constructor_kwargs={**models, "cfg": cfg},
-        batch_size=cfg.eval.batch_size, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=cfg.eval.concurrency),
-        num_cpus=cfg.eval.num_cpus, num_gpus=1 if _gpus() else 0)
+    ranked = histories.map_batches(Evaluator, fn_constructor_kwargs={"inputs": inputs, "cfg": cfg},
+                                   **actor_pool(cfg, "eval"))
     cols: dict[str, list] = {}
     for batch in ranked.iter_batches(batch_format="numpy", batch_size=None):
         for c, v in batch.items():
@@ -393,37 +307,25 @@ def collect(histories: ray.data.Dataset, models: dict, cfg: Config) -> dict[str,
     return {c: np.concatenate(v) for c, v in cols.items()}
 
 
-def evaluate(histories: ray.data.Dataset, models: dict, cfg: Config) -> dict:
-    """Run the evaluator over all histories and summarise.
-
-    ``models`` are the Evaluator's arguments: ``model_uris``, ``asof``, the run's ``vocab``
-    and optionally ``protocol`` (``temporal``: histories carry a ``target`` column),
-    ``knn`` and ``fitted`` (the baselines; both computed here from the histories when not
-    given) and ``recommendable`` (from the catalog at ``asof`` when not given, as scoring does).
-    """
-    vocab = models.get("vocab")
-    if vocab is not None and "knn" not in models:
+def evaluate(histories: ray.data.Dataset, inputs: EvalInputs, cfg: Config) -> dict:
+    """Run the evaluator over all histories and summarise (metrics.json). With the run's
+    vocabulary (``inputs.context.vocab``) the baselines and the mask missing from ``inputs``
+    are computed here first."""
+    vocab = inputs.context.vocab
+    if vocab is not None and inputs.knn is None:
         batches = histories.iter_batches(batch_format="pyarrow", batch_size=2048)
-        models = {**models, "knn": item_knn(batches, cfg.data.history_len, vocab.size)}
-    if vocab is not None and "recommendable" not in models:
-        catalog = read.read_catalog(cfg.data.catalog_uri)
-        models = {**models, "recommendable": vocab.recommendable(
-            catalog, features.day_start_us(models["asof"]))}
-    if vocab is not None and "fitted" not in models:
-        mode = "score" if models.get("protocol") == "temporal" else "eval"
+        inputs = dataclasses.replace(inputs, knn=item_knn(batches, cfg.data.history_len, vocab.size))
+    if vocab is not None and inputs.recommendable is None:
+        inputs = dataclasses.replace(inputs, recommendable=inputs.context.recommendable(cfg.data.catalog_uri))
+    if vocab is not None and inputs.fitted is None:
+        mode = "score" if inputs.protocol == "temporal" else "eval"
         batches = histories.iter_batches(batch_format="pyarrow", batch_size=2048)
-        models = {**models, "fitted": baselines.fit(batches, mode, cfg.data.history_len, vocab.size,
-                                                    cfg.baselines)}
-    rows = collect(histories, models, cfg)
+        inputs = dataclasses.replace(inputs, fitted=baselines.fit(batches, mode, cfg.data.history_len,
+                                                                  vocab.size, cfg.baselines))
+    rows = collect(histories, inputs, cfg)
     pop = vocab.popularity if vocab is not None else None
-    result = summarize(rows, cfg.eval.k, pop, cfg.data.exclude_seen,
-                       models.get("protocol", "leave-last-out"))
-    fitted = models.get("fitted")
-    if fitted is not None:
-        result["baseline_fits"] = {**{n: {"seconds": s} for n, s in fitted.seconds.items()},
-                                   **{n: {"skipped": why} for n, why in fitted.skipped.items()}}
+    result = summarize(rows, cfg.eval.k, pop, cfg.data.exclude_seen, inputs.protocol)
+    if inputs.fitted is not None:
+        result["baseline_fits"] = {**{n: {"seconds": s} for n, s in inputs.fitted.seconds.items()},
+                                   **{n: {"skipped": why} for n, why in inputs.fitted.skipped.items()}}
     return result
-
-
-def _gpus() -> bool:
-    return ray.cluster_resources().get("GPU", 0) > 0

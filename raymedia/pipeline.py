@@ -19,13 +19,14 @@ from raymedia import checkpoint, features, schema, storage
 from raymedia.config import Config
 from raymedia.data import read, state
 from raymedia.data.vocab import Vocab
-from raymedia.evaluate import evaluate
+from raymedia.evaluate import EvalInputs, evaluate
+from raymedia.inference import ScoringContext, actor_pool
+from raymedia.models import KINDS as MODEL_KINDS
 from raymedia.score import Scorer
 from raymedia.train import train
 from raymedia.writer import RunWriter, write_batch, write_part
 
 log = logging.getLogger(__name__)
-MODEL_KINDS = ("two_tower", "sequence")
 
 
 def init_ray(cfg: Config) -> None:
@@ -213,12 +214,12 @@ def training_plan(cfg: Config, day: dt.date) -> TrainPlan:
         parent = checkpoint.latest(cfg.output.models_uri, "sequence")
     except FileNotFoundError:
         return TrainPlan("full", None, "no model to warm-start from")
-    meta = storage.read_json(storage.join(parent, checkpoint.META))
-    full_asof = dt.date.fromisoformat(meta.get("full_asof", meta["trained_asof"]))
+    meta = checkpoint.read_meta(parent)
+    full_asof = dt.date.fromisoformat(meta.full_asof)
     if cfg.train.schedule == "auto" and (day - full_asof).days >= cfg.train.full_every_days:
         return TrainPlan("full", None, f"last full retrain was as of {full_asof}, "
                                        f"train.full_every_days={cfg.train.full_every_days}")
-    return TrainPlan("warm", parent, f"warm start from {meta['version']}")
+    return TrainPlan("warm", parent, f"warm start from {meta.version}")
 
 
 def train_all(cfg: Config, inputs: Inputs, plan: TrainPlan, secs: dict) -> dict[str, str]:
@@ -302,9 +303,9 @@ def _produce(cfg: Config, day: dt.date, sink: RunWriter, train_models: bool,
     generated_at = dt.datetime.now(dt.timezone.utc).isoformat()
     verified = {k: checkpoint.verify(u) for k, u in model_uris.items()}   # TamperedCheckpoint
     versions = {k: v["version"] for k, v in verified.items()}
-    models_kwargs = {"model_uris": model_uris, "cfg": cfg, "asof": day.isoformat(), "vocab": inputs.vocab}
+    context = ScoringContext(model_uris, day.isoformat(), inputs.vocab)
     with _timed(secs, "score"):
-        written = score_histories(cfg, inputs.histories, models_kwargs, inputs.run_uri,
+        written = score_histories(cfg, inputs.histories, context, inputs.run_uri,
                                   versions[cfg.score.recommender], generated_at)
     sink.record("user_state", inputs.state_files, inputs.state_info["users"])
     sink.record_writes(written)
@@ -312,7 +313,7 @@ def _produce(cfg: Config, day: dt.date, sink: RunWriter, train_models: bool,
     metrics: dict = {}
     if cfg.eval.enabled:
         with _timed(secs, "evaluate"):
-            metrics = evaluate(inputs.histories, models_kwargs, cfg)
+            metrics = evaluate(inputs.histories, EvalInputs(context), cfg)
             sink.write_json("metrics", "metrics.json", metrics)
     counts = {"users_scored": sink.rows.get("recommendations", 0),
               "cold_start_users": sum(int(w["cold_start"]) for w in written if w["table"] == "recommendations"),
@@ -327,19 +328,15 @@ def _produce(cfg: Config, day: dt.date, sink: RunWriter, train_models: bool,
                                  "models": verified})
 
 
-def score_histories(cfg: Config, histories: ray.data.Dataset, models_kwargs: dict, run_uri: str,
+def score_histories(cfg: Config, histories: ray.data.Dataset, context: ScoringContext, run_uri: str,
                     model_version: str, generated_at: str) -> list[dict]:
     """The scoring stage, streaming: histories -> ``Scorer`` actor pool (top-K and
     predictions; one GPU per actor on a GPU cluster) -> Parquet files under ``run_uri``.
     Returns one row per file written (table, file, rows, cold_start)."""
-    asof_us = features.day_start_us(models_kwargs["asof"])
-    recommendable = models_kwargs["vocab"].recommendable(read.read_catalog(cfg.data.catalog_uri), asof_us)
-    gpu = ray.cluster_resources().get("GPU", 0) > 0
     scored = histories.map_batches(
-        Scorer, fn_constructor_kwargs={**models_kwargs, "recommendable": recommendable},
-        batch_size=cfg.score.batch_size, batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=cfg.score.concurrency),
-        num_cpus=cfg.score.num_cpus, num_gpus=1 if gpu else 0)
+        Scorer, fn_constructor_kwargs={"context": context, "cfg": cfg,
+                                       "recommendable": context.recommendable(cfg.data.catalog_uri)},
+        **actor_pool(cfg))
     return scored.map_batches(
         write_batch, batch_size=cfg.score.rows_per_file, batch_format="pyarrow",
         fn_kwargs={"run_uri": run_uri, "model_version": model_version,

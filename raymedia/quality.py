@@ -29,14 +29,12 @@ import re
 
 import pyarrow.fs as pafs
 
-from raymedia import checkpoint, storage
+from raymedia import checkpoint, models, storage
 from raymedia import config as config_mod
 
 log = logging.getLogger(__name__)
 PROTOCOLS = ("leave-last-out", "temporal")
 AUTO_LEN = (20, 200, 90)       # history_len from the data: lowest, highest, percentile
-KINDS = {"sequence": ["sequence"], "two-tower": ["two_tower"], "two_tower": ["two_tower"],
-         "all": ["two_tower", "sequence"]}
 
 
 def event_days(events_uri: str) -> list[dt.date]:
@@ -68,12 +66,11 @@ def run(events_uri: str, out: str, model: str = "all", exclude_seen: bool = True
     from raymedia import evaluate as ev
     from raymedia import pipeline, report
     from raymedia.data import read
+    from raymedia.inference import ScoringContext
 
     if protocol not in PROTOCOLS:
         raise ValueError(f"--protocol must be one of {list(PROTOCOLS)}, got {protocol!r}")
-    if model not in KINDS:
-        raise ValueError(f"--model must be sequence, two-tower or all, got {model!r}")
-    kinds = KINDS[model]
+    kinds = list(models.KINDS) if model == "all" else [models.kind(model)]
     days = event_days(events_uri)
     temporal = protocol == "temporal"
     if temporal and len(days) < 2:
@@ -94,8 +91,7 @@ def run(events_uri: str, out: str, model: str = "all", exclude_seen: bool = True
         base = checkpoint.load_vocab(next(iter(uris.values())))
         inputs = pipeline.prepare(cfg, day, run_id, secs, base, learn_items=False)
         if auto_len:
-            meta = storage.read_json(storage.join(next(iter(uris.values())), checkpoint.META))
-            cfg = with_history_len(cfg, int(meta["max_len"]))
+            cfg = with_history_len(cfg, checkpoint.read_meta(next(iter(uris.values()))).max_len)
         inputs.vocab.popularity = read.item_counts(inputs.histories, inputs.vocab.size, holdout_last=True)
     else:
         storage.check_writable(cfg.output.models_uri, "--out")
@@ -107,11 +103,10 @@ def run(events_uri: str, out: str, model: str = "all", exclude_seen: bool = True
     if temporal:
         histories, test_info = _with_test_day_targets(inputs.histories, events_uri, day, inputs.vocab)
     with pipeline._timed(secs, "evaluate"):
-        metrics = ev.evaluate(histories, {"model_uris": uris, "asof": day.isoformat(),
-                                          "vocab": inputs.vocab, "protocol": protocol}, cfg)
+        context = ScoringContext(uris, day.isoformat(), inputs.vocab)
+        metrics = ev.evaluate(histories, ev.EvalInputs(context, protocol), cfg)
     metrics.update(test_info)
-    metrics["training"] = {k: storage.read_json(storage.join(u, checkpoint.META)).get("history", [])
-                           for k, u in uris.items()}
+    metrics["training"] = {k: list(checkpoint.read_meta(u).history) for k, u in uris.items()}
     metrics["models_uris"] = uris
     metrics["data"] = {"events_uri": storage.redact(events_uri), "days": len(days),
                        "first_day": days[0].isoformat(), "last_day": days[-1].isoformat(),
@@ -187,9 +182,9 @@ def _with_test_day_targets(histories, events_uri: str, day: dt.date, vocab):
 def _model_uri(uri: str, kind: str) -> str:
     """A published model version, or the latest one of ``kind`` under a models root."""
     if storage.exists(storage.join(uri, checkpoint.META)):
-        meta = storage.read_json(storage.join(uri, checkpoint.META))
-        if meta.get("kind") != kind:
-            raise ValueError(f"--checkpoint {uri} is a {meta.get('kind')} model, not {kind}; "
+        meta = checkpoint.read_meta(uri)
+        if meta.kind != kind:
+            raise ValueError(f"--checkpoint {uri} is a {meta.kind} model, not {kind}; "
                              "give the models root to evaluate several models")
         return uri
     return checkpoint.latest(uri, kind)

@@ -1,7 +1,7 @@
 """Batch scoring with Ray Data: an actor pool holding the models, and the writer of its rows.
 
-``histories.map_batches(Scorer, compute=ActorPoolStrategy(size=score.concurrency), num_gpus=...)``:
-each actor loads the models once, precomputes the item matrices, and per batch computes
+``histories.map_batches(Scorer, **inference.actor_pool(cfg))``: each actor
+loads both models once (``inference.LoadedModels``), and per batch computes
 user vectors and predictions and ranks the items (``raymedia.ranking``: chunked
 scores, seen and blocked items masked, exact deterministic top-K); users without a
 usable history get the most popular items. ``write_batch`` writes the rows as
@@ -24,14 +24,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import torch
-from threadpoolctl import threadpool_limits
 
-from raymedia import checkpoint, features, models, ranking
+from raymedia import ranking
 from raymedia.config import Config
-from raymedia.data.vocab import Vocab
+from raymedia.inference import LoadedModels, ScoringContext
 
 log = logging.getLogger(__name__)
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class HeapTrimmer:
@@ -70,66 +68,7 @@ class HeapTrimmer:
         return True
 
 
-class _Models:
-    """Both models loaded once per actor, on the GPU when the actor has one.
-
-    ``section`` names the config section that sizes the actor (its ``num_cpus`` torch threads).
-
-    ``vocab`` is the run's vocabulary: the models' own, or it extended with
-    items published since they were trained; the models grow fallback rows for
-    those (``models.grow_items``), so new content is scored the day it appears.
-    """
-
-    section = "score"
-
-    def __init__(self, model_uris: dict[str, str], cfg: Config, asof: str, vocab: Vocab | None = None):
-        self.cfg = cfg
-        self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        threads = max(1, int(getattr(cfg, self.section).num_cpus))
-        torch.set_num_threads(threads)
-        threadpool_limits(threads, "blas")            # numpy's BLAS computes the CPU scores
-        self.models = {k: checkpoint.load(u, self.device) for k, u in model_uris.items()}
-        digests = {m.meta["vocab_digest"] for m in self.models.values()}
-        if len(digests) != 1:
-            raise ValueError(f"models {sorted(model_uris)} were trained with different vocabularies")
-        own = next(iter(self.models.values())).vocab
-        self.vocab = vocab or own
-        if self.vocab.digest(own.size) != own.digest():
-            raise ValueError("the run's vocabulary does not extend the models' vocabulary")
-        for m in self.models.values():
-            if self.vocab.size > own.size:
-                models.grow_items(m.model, torch.tensor(self.vocab.item_category),
-                                  torch.tensor(self.vocab.popularity))
-                m.model.to(self.device)
-            m.model.double()            # this actor's own copy: float64, see the module doc
-        if self.device == "cuda":       # the candidate bound assumes float32 accumulation
-            torch.backends.cuda.matmul.allow_tf32 = False
-            torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False
-            torch.backends.cuda.matmul.allow_fp16_reduced_precision_reduction = False
-        dtype = _DTYPES[cfg.score.precision]
-        with torch.inference_mode():
-            self.items = {k: m.model.item_matrix().float() for k, m in self.models.items()}
-        # the candidate product's copy of the items in bf16/fp16 (score.precision)
-        self.low = {k: None if dtype == torch.float32 else v.to(dtype) for k, v in self.items.items()}
-        self.asof_us = features.day_start_us(asof)
-        self.horizon_us = cfg.data.return_horizon_days * schema.US_PER_DAY
-        self.versions = {k: m.meta["version"] for k, m in self.models.items()}
-
-    def inputs(self, batch: pa.Table, mode: str) -> tuple[pa.Table, dict[str, torch.Tensor]]:
-        kept, arrays = features.batch_inputs(batch, mode, self.cfg.data.history_len,
-                                             self.asof_us, self.horizon_us)
-        return kept, {k: torch.as_tensor(v, device=self.device) for k, v in arrays.items()}
-
-    def user_vectors(self, kind: str, x: dict) -> torch.Tensor:
-        """float32 user vectors, rounded from the float64 model's."""
-        return self.models[kind].model.user_vectors(x).float()
-
-    def item_scores(self, kind: str, users: torch.Tensor) -> ranking.DotScores:
-        """The scores of float32 ``users`` against every item of model ``kind``."""
-        return ranking.DotScores(users, self.items[kind], self.low[kind])
-
-
-class Scorer(_Models):
+class Scorer(LoadedModels):
     """Callable class for ``map_batches``: history rows -> recommendations + predictions.
 
     ``recommendable`` (one bool per vocabulary index, from today's catalog) blocks
@@ -139,11 +78,9 @@ class Scorer(_Models):
     are counted (``cold_start``).
     """
 
-    def __init__(self, model_uris: dict[str, str], cfg: Config, asof: str, vocab: Vocab | None = None,
-                 recommendable: np.ndarray | None = None):
-        super().__init__(model_uris, cfg, asof, vocab)
-        self.blocked = (None if recommendable is None
-                        else torch.as_tensor(~recommendable, device=self.device))
+    def __init__(self, context: ScoringContext, cfg: Config, recommendable: np.ndarray | None = None):
+        super().__init__(context, cfg)
+        self.blocked = self.mask(recommendable)
         popularity = torch.as_tensor(np.log1p(self.vocab.popularity), dtype=torch.float32,
                                      device=self.device)
         chunk = cfg.score.item_chunk

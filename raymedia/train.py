@@ -28,16 +28,19 @@ import math
 import os
 import tempfile
 import time
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
 import ray
 import torch
 
-from raymedia import checkpoint, features, models, ranking, storage
+from raymedia import checkpoint, features, metrics, models, ranking, storage
+from raymedia.checkpoint import ModelMeta
 from raymedia.config import Config
 from raymedia.data.vocab import Vocab
 from raymedia.schema import US_PER_DAY
+from raymedia.inference import cluster_gpus
 
 log = logging.getLogger(__name__)
 OPTIMIZER = "optimizer.pt"
@@ -74,8 +77,7 @@ def validate(model: torch.nn.Module, shard, batch_size: int, device, exclude_see
             r = ranking.rank(ranking.DotScores(users.float(), items.float()), sub["val_target"],
                              torch.empty(len(users), 0, dtype=torch.long, device=users.device),
                              1, chunk, seen).rank
-            hit = (r >= 0) & (r < VAL_K)
-            total += float(torch.where(hit, 1.0 / torch.log2(r.clamp(min=0).double() + 2), 0.0).sum())
+            total += float(metrics.ndcg_gains(r.cpu().numpy(), VAL_K).sum())
             count += int(len(r))
     model.train(was_training)
     return total, count
@@ -102,7 +104,7 @@ def _all_sum(values: list[float], device) -> list[float]:
 
 def use_gpu(cfg: Config) -> bool:
     if cfg.train.use_gpu == "auto":
-        return ray.cluster_resources().get("GPU", 0) > 0
+        return cluster_gpus() > 0
     return cfg.train.use_gpu == "yes"
 
 
@@ -128,26 +130,49 @@ def novel_targets(items: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return np.where(seen, 0, targets)
 
 
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything one training run's workers need, built by ``train`` on the driver and
+    handed to each worker as one value of Ray Train's ``train_loop_config``."""
+    meta: ModelMeta
+    vocab: pa.Table                 # ``Vocab.to_table()``: plain Arrow travels to the workers
+    parent: str | None              # the published model a warm start begins from
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    seed: int
+    time_budget_s: float            # 0: no time budget
+    threads: int                    # torch threads per worker
+    patience: int
+    lr_schedule: str
+    warmup_steps: int
+    exclude_seen: bool
+    steps_per_epoch: int
+
+
 def _loop(config: dict) -> None:
-    """Per-worker training loop (runs inside a Ray Train worker)."""
+    """Per-worker training loop (runs inside a Ray Train worker); ``config["settings"]``
+    is the run's ``TrainSettings``."""
     import ray.train
     import ray.train.torch
 
+    s: TrainSettings = config["settings"]
     rank = ray.train.get_context().get_world_rank()
-    torch.manual_seed(config["seed"] + rank)
-    torch.set_num_threads(config["threads"])
-    vocab = Vocab.from_table(config["vocab"])
-    meta = config["meta"]
-    model = models.build(meta["kind"], meta["kwargs"], vocab.size, vocab.num_categories,
-                         meta["max_len"], torch.as_tensor(vocab.item_category),
+    torch.manual_seed(s.seed + rank)
+    torch.set_num_threads(s.threads)
+    vocab = Vocab.from_table(s.vocab)
+    meta = s.meta
+    model = models.build(meta.kind, meta.kwargs, vocab.size, vocab.num_categories,
+                         meta.max_len, torch.as_tensor(vocab.item_category),
                          torch.as_tensor(vocab.popularity))
     resume = ray.train.get_checkpoint()
-    if config["parent"] and not resume:
+    if s.parent and not resume:
         # warm start: the parent's weights, its item table grown for the new items
-        parent = checkpoint.load(config["parent"])
+        parent = checkpoint.load(s.parent)
         models.grow_items(parent.model, torch.as_tensor(vocab.item_category), torch.as_tensor(vocab.popularity))
         model.load_state_dict(parent.model.state_dict())
-    opt = torch.optim.AdamW(model.parameters(), lr=config["lr"], weight_decay=config["weight_decay"])
+    opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     start, history, best_state = 0, [], None
     if resume:
         with resume.as_directory() as d:
@@ -158,14 +183,14 @@ def _loop(config: dict) -> None:
             best_state = {k: v for k, v in best.items() if not k.startswith("__")}
             opt.load_state_dict(torch.load(os.path.join(d, OPTIMIZER), weights_only=True))
             start = int(state["__epoch"]) + 1
-            history = storage.read_json(os.path.join(d, checkpoint.META))["history"]
+            history = list(checkpoint.read_meta(d).history)
     inner = model
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
     shard = ray.train.get_dataset_shard("train")
-    epochs, patience, budget = config["epochs"], config["patience"], config["time_budget_s"]
+    epochs, patience, budget = s.epochs, s.patience, s.time_budget_s
     # warm-up never longer than a quarter of an epoch (small data sets have few steps)
-    warmup = min(config["warmup_steps"], max(1, config["steps_per_epoch"] // 4))
+    warmup = min(s.warmup_steps, max(1, s.steps_per_epoch // 4))
     step = sum(h["batches"] for h in history)
     scored = [h for h in history if h.get("val_ndcg") is not None]
     best_epoch = max(scored, key=lambda h: h["val_ndcg"])["epoch"] if scored else None
@@ -176,14 +201,14 @@ def _loop(config: dict) -> None:
         per_epoch = history[-1]["batches"] if history else 0
         t_fetch = time.perf_counter()
         for i, batch in enumerate(shard.iter_torch_batches(
-                batch_size=config["batch_size"], device=device,
-                local_shuffle_buffer_size=4 * config["batch_size"],
-                local_shuffle_seed=config["seed"] + epoch)):
+                batch_size=s.batch_size, device=device,
+                local_shuffle_buffer_size=4 * s.batch_size,
+                local_shuffle_seed=s.seed + epoch)):
             wait += time.perf_counter() - t_fetch
             progress = (epoch + (min(i / per_epoch, 1.0) if per_epoch else 0.0)) / epochs
             if budget:
                 progress = max(progress, (spent + time.perf_counter() - t0) / budget)
-            lr = config["lr"] * lr_factor(step, progress, warmup, config["lr_schedule"])
+            lr = s.lr * lr_factor(step, progress, warmup, s.lr_schedule)
             for group in opt.param_groups:
                 group["lr"] = lr
             out = model(batch)
@@ -197,8 +222,8 @@ def _loop(config: dict) -> None:
             t_fetch = time.perf_counter()
         elapsed = time.perf_counter() - t0
         spent += elapsed
-        total, count = _all_sum(list(validate(inner, shard, 8 * config["batch_size"], device,
-                                              config["exclude_seen"])), device)
+        total, count = _all_sum(list(validate(inner, shard, 8 * s.batch_size, device,
+                                              s.exclude_seen)), device)
         val = total / count if count else None
         improved = val is not None and (best_epoch is None or val > next(
             h["val_ndcg"] for h in history if h["epoch"] == best_epoch))
@@ -206,28 +231,28 @@ def _loop(config: dict) -> None:
             best_state = {k: v.detach().cpu().clone() for k, v in inner.state_dict().items()}
         if improved:
             best_epoch = epoch
-        metrics = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
-                   "first_batch_loss": losses[0] if losses else float("nan"),
-                   "batches": len(losses), "samples": samples, "seconds": elapsed, "data_wait_s": wait,
-                   "lr": opt.param_groups[0]["lr"], "val_ndcg": val, "val_users": int(count),
-                   "best_epoch": best_epoch}
-        history.append(metrics)
+        report = {"epoch": epoch, "loss": float(np.mean(losses)) if losses else float("nan"),
+                  "first_batch_loss": losses[0] if losses else float("nan"),
+                  "batches": len(losses), "samples": samples, "seconds": elapsed, "data_wait_s": wait,
+                  "lr": opt.param_groups[0]["lr"], "val_ndcg": val, "val_users": int(count),
+                  "best_epoch": best_epoch}
+        history.append(report)
         stop = (patience > 0 and best_epoch is not None and epoch - best_epoch >= patience) \
             or bool(budget and spent >= budget)
         if rank == 0:
-            log_epoch(meta["kind"], metrics, epochs, history)
+            log_epoch(meta.kind, report, epochs, history)
         with tempfile.TemporaryDirectory() as d:
             ckpt = None
             if rank == 0:
-                checkpoint.save_dir(d, inner, {**meta, "history": history, "best_epoch": best_epoch,
-                                               "stopped_early": stop and epoch + 1 < epochs},
+                checkpoint.save_dir(d, inner, replace(meta, history=tuple(history), best_epoch=best_epoch,
+                                                      stopped_early=stop and epoch + 1 < epochs),
                                     vocab, extra={"epoch": torch.tensor(epoch)})
                 os.replace(os.path.join(d, checkpoint.WEIGHTS), os.path.join(d, CURRENT))
                 torch.save({**best_state, "__epoch": torch.tensor(epoch)},
                            os.path.join(d, checkpoint.WEIGHTS))
                 torch.save(opt.state_dict(), os.path.join(d, OPTIMIZER))
                 ckpt = ray.train.Checkpoint.from_directory(d)
-            ray.train.report({k: v for k, v in metrics.items() if v is not None}, checkpoint=ckpt)
+            ray.train.report({k: v for k, v in report.items() if v is not None}, checkpoint=ckpt)
         if stop:
             break
 
@@ -245,34 +270,24 @@ def train(kind: str, cfg: Config, histories: ray.data.Dataset, vocab: Vocab, aso
     from ray.train.torch import TorchTrainer
 
     asof_us = features.day_start_us(asof)
-    meta = {"kind": kind, "version": version, "kwargs": models.model_kwargs(kind, cfg),
-            "max_len": cfg.data.history_len, "vocab_digest": vocab.digest(),
-            "trained_asof": asof.isoformat(), "config_hash": cfg.hash(),
-            "start": "warm" if parent else "full", "parent": None, "full_asof": asof.isoformat()}
-    if parent:
-        pmeta = storage.read_json(storage.join(parent, checkpoint.META))
-        if pmeta["kwargs"] != meta["kwargs"] or pmeta["max_len"] != meta["max_len"]:
-            raise ValueError(f"cannot warm-start {kind} from {pmeta['version']}: its shape "
-                             f"{pmeta['kwargs']} (max_len {pmeta['max_len']}) differs from the config's; "
-                             "run a full retrain (train.schedule=full)")
-        meta.update(parent=pmeta["version"], full_asof=pmeta.get("full_asof", pmeta["trained_asof"]))
+    meta = ModelMeta.new(kind, version, cfg, vocab, asof, checkpoint.read_meta(parent) if parent else None)
     train_root = storage.join(cfg.output.models_uri, "_ray_train")
     fs, path = storage.resolve(train_root)
     fs.create_dir(path, recursive=True)
     gpu = use_gpu(cfg)
     trainer = TorchTrainer(
         _loop,
-        train_loop_config={
-            "meta": meta, "vocab": vocab.to_table(), "parent": parent,
-            "epochs": cfg.train.warm_epochs if parent else cfg.train.epochs,
-            "batch_size": cfg.train.batch_size, "lr": cfg.train.lr,
-            "weight_decay": cfg.train.weight_decay, "seed": cfg.train.seed,
-            "time_budget_s": 0.0 if parent else cfg.train.time_budget_s,
-            "threads": max(1, int(cfg.train.cpus_per_worker)), "patience": cfg.train.patience,
-            "lr_schedule": cfg.train.lr_schedule, "warmup_steps": cfg.train.warmup_steps,
-            "exclude_seen": cfg.data.exclude_seen,
-            "steps_per_epoch": math.ceil(histories.count() / cfg.train.num_workers / cfg.train.batch_size),
-        },
+        train_loop_config={"settings": TrainSettings(
+            meta=meta, vocab=vocab.to_table(), parent=parent,
+            epochs=cfg.train.warm_epochs if parent else cfg.train.epochs,
+            batch_size=cfg.train.batch_size, lr=cfg.train.lr,
+            weight_decay=cfg.train.weight_decay, seed=cfg.train.seed,
+            time_budget_s=0.0 if parent else cfg.train.time_budget_s,
+            threads=max(1, int(cfg.train.cpus_per_worker)), patience=cfg.train.patience,
+            lr_schedule=cfg.train.lr_schedule, warmup_steps=cfg.train.warmup_steps,
+            exclude_seen=cfg.data.exclude_seen,
+            steps_per_epoch=math.ceil(histories.count() / cfg.train.num_workers / cfg.train.batch_size),
+        )},
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=gpu,
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         datasets={"train": training_rows(histories, cfg, asof_us)},

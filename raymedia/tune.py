@@ -26,10 +26,9 @@ import ray
 import yaml
 
 from raymedia import config as config_mod
-from raymedia import storage
+from raymedia import models, storage
 
 log = logging.getLogger(__name__)
-KINDS = {"sequence": "sequence", "two-tower": "two_tower", "two_tower": "two_tower"}
 # The trial's own process is a light driver: it asks for no CPU (a fraction would leave
 # less than the whole CPU a Ray Data task needs, and the trial's data would never run),
 # only for a token of memory (Tune refuses an empty request).
@@ -88,12 +87,12 @@ def _trial(params: dict, base: dict, kind: str, histories, vocab, day: dt.date, 
 def default_parallel(cfg) -> int:
     """Trials at once: each trial's Ray Train workers hold their CPUs (GPUs); one CPU stays
     free for the Ray Data tasks that feed every trial's workers."""
-    res = ray.cluster_resources()
     per_trial = cfg.train.num_workers * cfg.train.cpus_per_worker
-    n = int((res.get("CPU", 2) - 1) // per_trial)
+    n = int((ray.cluster_resources().get("CPU", 2) - 1) // per_trial)
+    from raymedia.inference import cluster_gpus
     from raymedia.train import use_gpu
     if use_gpu(cfg):
-        n = min(n, int(res.get("GPU", 0) // cfg.train.num_workers))
+        n = min(n, int(cluster_gpus() // cfg.train.num_workers))
     return max(1, n)
 
 
@@ -114,13 +113,12 @@ def tune(events_uri: str, kind: str, budget: int, out: str, catalog_uri: str | N
     from raymedia import pipeline, quality
     from raymedia.data import read
 
-    if kind not in KINDS:
-        raise ValueError(f"--model must be sequence or two-tower, got {kind!r}")
+    kind = models.kind(kind)
     if budget < 1:
         raise ValueError(f"--budget must be >= 1 trial, got {budget}")
     if parallel is not None and parallel < 1:
         raise ValueError(f"--parallel must be >= 1 trial, got {parallel}")
-    kind, out = KINDS[kind], out.rstrip("/")
+    out = out.rstrip("/")
     mine = config_mod.apply_overrides(config_mod.load_raw(config) if config else {}, list(overrides))
     config_mod.from_dict(mine)                                  # a bad --config / --set fails here
     fixed = _fixed(overrides)

@@ -1,16 +1,41 @@
-"""The torch modules (no I/O, no Ray) and one way to build them from a config."""
+"""The torch modules (no I/O, no Ray), the one registry of model kinds, and one way to
+build a model from a config.
+
+Importing this package is cheap (no torch): the config and the CLI check kind names
+against ``KINDS``; the modules load on the first ``build``.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from raymedia.config import Config
-from raymedia.models.sequence import SequenceModel
-from raymedia.models.two_tower import TwoTowerModel
+    from raymedia.config import Config
 
-MODELS = {"sequence": SequenceModel, "two_tower": TwoTowerModel}
+KINDS = ("two_tower", "sequence")       # the order models train, score and are listed in
+ALIASES = {"two-tower": "two_tower"}    # CLI spellings
+
+
+def kind(name: str) -> str:
+    """The model kind ``name`` names (a kind or a CLI alias); ValueError naming the known ones."""
+    name = ALIASES.get(name, name)
+    if name not in KINDS:
+        raise ValueError(f"unknown model {name!r}; choose from {', '.join(names())}")
+    return name
+
+
+def names() -> list[str]:
+    """Every accepted spelling: the kinds and their aliases (CLI choices, error messages)."""
+    return [*KINDS, *ALIASES]
+
+
+def model_class(name: str) -> type:
+    from raymedia.models.sequence import SequenceModel
+    from raymedia.models.two_tower import TwoTowerModel
+    return {"sequence": SequenceModel, "two_tower": TwoTowerModel}[kind(name)]
 
 
 def model_kwargs(kind: str, cfg: Config) -> dict:
@@ -22,7 +47,7 @@ def model_kwargs(kind: str, cfg: Config) -> dict:
 def build(kind: str, kwargs: dict, vocab_size: int, num_categories: int, max_len: int,
           item_category: torch.Tensor, popularity: torch.Tensor | None = None) -> torch.nn.Module:
     extra = {"popularity": popularity}
-    return MODELS[kind](vocab_size, num_categories, max_len, item_category=item_category,
+    return model_class(kind)(vocab_size, num_categories, max_len, item_category=item_category,
                         **kwargs, **extra)
 
 
@@ -39,6 +64,8 @@ def grow_items(model: torch.nn.Module, item_category: torch.Tensor, popularity: 
     keep their rows exactly. ``item_category`` and ``popularity`` are per index of
     the grown vocabulary.
     """
+    import torch
+
     old = model.item_emb.weight.data
     n_old, n_new = old.shape[0], len(item_category)
     if n_new < n_old:

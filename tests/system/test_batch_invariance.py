@@ -11,6 +11,7 @@ import torch
 
 from raymedia import checkpoint, config, models
 from raymedia.data.vocab import Vocab
+from raymedia.inference import ScoringContext
 from raymedia.score import Scorer
 
 ITEMS, USERS, HISTORY_LEN = 300, 48, 20
@@ -33,7 +34,7 @@ def _publish(cfg, vocab: Vocab) -> dict[str, str]:
     """Both models, random, the sequence model's items made to near-tie in pairs (the
     K-th score sits among near-ties, where float32 rounding used to flip the order)."""
     uris = {}
-    for kind in models.MODELS:
+    for kind in models.KINDS:
         torch.manual_seed(1)
         model = models.build(kind, models.model_kwargs(kind, cfg), vocab.size, vocab.num_categories,
                              HISTORY_LEN, torch.as_tensor(vocab.item_category), torch.as_tensor(vocab.popularity))
@@ -41,10 +42,8 @@ def _publish(cfg, vocab: Vocab) -> dict[str, str]:
             w = model.item_emb.weight
             w[1:100] = w[101:200] * (1 + 2.0 ** -22)
             w[200:210] = w[210:220]                      # exact ties: the lower index first
-        meta = {"kind": kind, "version": "v1", "kwargs": models.model_kwargs(kind, cfg),
-                "max_len": HISTORY_LEN, "vocab_digest": vocab.digest(), "history": []}
         d = f"{cfg.output.models_uri}-staging/{kind}"
-        checkpoint.save_dir(d, model, meta, vocab)
+        checkpoint.save_dir(d, model, checkpoint.ModelMeta.new(kind, "v1", cfg, vocab), vocab)
         uris[kind] = checkpoint.publish(d, cfg.output.models_uri, kind, "v1")
     return uris
 
@@ -90,7 +89,7 @@ def test_every_batching_position_and_thread_count_gives_the_same_bits(setup, rec
     def scorer(threads: int) -> Scorer:
         cfg = _cfg(setup["root"], f"score.recommender={recommender}", f"score.precision={precision}",
                    f"score.num_cpus={threads}")
-        return Scorer(setup["uris"], cfg, ASOF, setup["vocab"], setup["recommendable"])
+        return Scorer(ScoringContext(setup["uris"], ASOF, setup["vocab"]), cfg, setup["recommendable"])
 
     one = scorer(1)
     alone = _by_user(pa.concat_tables([one(h.slice(i, 1)) for i in range(n)]))

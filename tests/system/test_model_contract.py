@@ -17,7 +17,8 @@ import torch
 
 from raymedia import features, models
 from raymedia.config import Config
-from raymedia.evaluate import hit_rate, rank_all
+from raymedia.evaluate import rank_all
+from raymedia.metrics import hit_rate
 from raymedia.schema import US_PER_DAY as DAY_US
 
 CLUSTERS, PER_CLUSTER, STEPS, USERS = 4, 10, 8, 160

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from raymedia import checkpoint, features, pipeline, ranking, storage
+from raymedia.inference import ScoringContext
 from raymedia.score import HeapTrimmer, Scorer
 
 
@@ -87,7 +88,7 @@ def test_training_reduces_loss_and_checkpoints_load_without_pickle(trained_run):
         state = torch.load(storage.local_path(storage.join(uri, checkpoint.WEIGHTS)), weights_only=True)
         assert all(isinstance(v, torch.Tensor) for v in state.values())
         loaded = checkpoint.load(uri)
-        assert loaded.meta["kind"] == kind and loaded.vocab.size == meta_vocab_size(uri)
+        assert loaded.meta.kind == kind and loaded.vocab.size == meta_vocab_size(uri)
         assert checkpoint.latest(trained_run["cfg"].output.models_uri, kind) == uri
 
 
@@ -144,7 +145,7 @@ def test_written_scores_are_the_recommenders_own_top_k_dot_products(trained_run,
     ranks them on its own."""
     cfg = trained_run["cfg"]
     cfg = dataclasses.replace(cfg, score=dataclasses.replace(cfg.score, recommender=recommender))
-    scorer = Scorer(trained_run["result"].model_uris, cfg, trained_run["result"].dt)
+    scorer = Scorer(ScoringContext(trained_run["result"].model_uris, trained_run["result"].dt), cfg)
     rng = np.random.default_rng(3)
     lengths = rng.integers(1, cfg.data.history_len + 5, 48)
     offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))

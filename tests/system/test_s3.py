@@ -32,7 +32,7 @@ def test_pipeline_end_to_end_on_s3(ray_session, s3):
     for kind in ("two_tower", "sequence"):
         uri = checkpoint.latest(cfg.output.models_uri, kind)
         assert uri.startswith("s3://raymedia/e2e/models/")
-        assert checkpoint.load(uri).meta["kind"] == kind
+        assert checkpoint.load(uri).meta.kind == kind
     assert fs.ls("raymedia/e2e/models/_ray_train")          # Ray Train's own checkpoints on S3
     assert set(result.metrics["models"]) == {"two_tower", "sequence", "popularity", "own_history",
                                              "most_frequent", "item_knn", "als", "ease"}

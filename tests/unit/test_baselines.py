@@ -11,7 +11,8 @@ import torch
 
 from raymedia import baselines
 from raymedia.config import BaselinesConfig
-from raymedia.evaluate import ndcg, rank_all
+from raymedia.evaluate import rank_all
+from raymedia.metrics import ndcg
 
 
 def _histories(users: list, items: list[list[int]], seen: list[list[int]] | None = None) -> pa.Table:

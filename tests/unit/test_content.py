@@ -131,7 +131,7 @@ def test_item_content_vectors_of_any_items_equal_the_whole_catalogs_rows():
 @pytest.mark.parametrize("kind", ["two_tower", "sequence"])
 def test_models_with_content_give_new_items_their_content_alone_and_without_it_stay_as_before(kind):
     torch.manual_seed(0)
-    cls = models.MODELS[kind]
+    cls = models.model_class(kind)
     plain, with_content = cls(6, 3, 5), cls(6, 3, 5, content={"buckets": 512, "embedding_dim": 0})
     assert not any("content" in k for k in plain.state_dict())            # old checkpoints load as before
     assert set(with_content.state_dict()) - set(plain.state_dict()) == {"item_content.encoder.bag.weight"}

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from raymedia import features
-from raymedia.evaluate import (SAMPLED_NEGATIVES, SCHEMA_VERSION, _sampled_negatives, auc,
-                               calibration, coverage, hit_rate, most_frequent_scorer, mrr, ndcg,
-                               own_history_scorer, popularity_bias, popularity_percentile,
-                               rank_all, summarize)
+from raymedia.evaluate import (SAMPLED_NEGATIVES, SCHEMA_VERSION, _sampled_negatives,
+                               most_frequent_scorer, own_history_scorer, rank_all, summarize)
+from raymedia.metrics import (auc, calibration, coverage, hit_rate, mrr, ndcg, popularity_bias,
+                              popularity_percentile)
 
 
 def test_hit_rate_ndcg_and_mrr_by_hand():
