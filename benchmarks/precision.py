@@ -50,7 +50,7 @@ def main() -> None:
     generate(gen, work)
     day = gen.start + dt.timedelta(days=args.days)
     result = pipeline.run_day(cfg, day)
-    inputs = pipeline.prepare(cfg, day, storage.new_run_id(), {}, pipeline._vocab_of(
+    inputs = pipeline.prepare(cfg, day, storage.new_run_id(), pipeline._vocab_of(
         result.model_uris["sequence"]), learn_items=False)
     table = pa.concat_tables(ray.get(inputs.histories.to_arrow_refs()))
 
