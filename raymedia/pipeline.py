@@ -159,11 +159,8 @@ def _log_rows(cfg: Config, day: dt.date, src: StateSource, out: str, base: Vocab
         parts.append(read.read_log_rows(cfg.data.events_uri, src.files, out, base))
     if src.prev is not None:
         first_day = int(state.epoch_day(features.day_start_us(day - dt.timedelta(days=cfg.data.lookback_days))))
-        fs, _ = storage.resolve(cfg.output.uri)
-        parts.append(ray.data.read_parquet(
-            [storage.resolve(u)[1] for u in src.prev.uris(cfg.output.uri, "user_state")],
-            filesystem=fs, partitioning=None).map_batches(
-                state.carried_rows, batch_format="pyarrow", fn_kwargs={"first_day": first_day}))
+        parts.append(state.read_files(src.prev.uris(cfg.output.uri, "user_state")).map_batches(
+            state.carried_rows, batch_format="pyarrow", fn_kwargs={"first_day": first_day}))
     return parts[0] if len(parts) == 1 else parts[0].union(parts[1])
 
 
