@@ -191,7 +191,7 @@ def _batch_id(batch: pa.Table) -> str:
 
 
 COUNTS = ("input_rows", "valid_rows", "impressions", "unknown_item")
-STATS = (*COUNTS, *schema.REJECT_REASONS)    # a STATS row's ``event`` is its index here
+STAT_NAMES = (*COUNTS, *schema.REJECT_REASONS)    # a STATS row's ``event`` is its index here
 
 
 @dataclass(frozen=True)
@@ -209,8 +209,8 @@ class ReadStats:
     def from_rows(cls, rows: pa.Table) -> "ReadStats":
         """Sum of the STATS rows (``event``, ``count``) the read batches sent along."""
         totals = np.bincount(rows["event"].to_numpy().astype(np.int64),
-                             weights=rows["count"].to_numpy().astype(np.float64), minlength=len(STATS))
-        by_name = {name: int(n) for name, n in zip(STATS, totals)}
+                             weights=rows["count"].to_numpy().astype(np.float64), minlength=len(STAT_NAMES))
+        by_name = {name: int(n) for name, n in zip(STAT_NAMES, totals)}
         rejected = {r: by_name[r] for r in schema.REJECT_REASONS if by_name[r]}
         return cls(*(by_name[c] for c in COUNTS), sum(rejected.values()), rejected)
 
@@ -244,7 +244,7 @@ def to_log_rows(batch: pa.Table, events_uri: str, run_uri: str, vocab: Vocab | N
         "event": pc.add(code, 1).cast(pa.int8()), "ts": valid["ts"].cast(pa.int64()),
         "dwell_s": valid["dwell_s"]}))
     return pa.concat_tables([rows, state.stat_rows(
-        np.array([STATS.index(k) for k in counts]), np.array(list(counts.values())),
+        np.array([STAT_NAMES.index(k) for k in counts]), np.array(list(counts.values())),
         rows.schema.field("user_id").type, rows.schema.field("item_id").type)])
 
 
