@@ -329,7 +329,11 @@ def item_counts(state: pa.Table, n: int, vocab: Vocab | None = None) -> pa.Table
     flat = pc.list_flatten(ids)
     known = np.ones(len(flat), bool) if vocab is None else vocab.lookup(flat) > 0
     _, kept, from_end = _last_known(ids, known, n)
-    t = pa.table({"item_id": flat.take(pa.array(kept)), "count": pa.array((from_end > 1).astype(np.int64))})
+    return _sum_by_item(pa.table({"item_id": flat.take(pa.array(kept)),
+                                  "count": pa.array((from_end > 1).astype(np.int64))}))
+
+
+def _sum_by_item(t: pa.Table) -> pa.Table:
     return t.group_by("item_id", use_threads=False).aggregate([("count", "sum")]).select(
         ["item_id", "count_sum"]).rename_columns(["item_id", "count"])
 
@@ -389,10 +393,8 @@ def write(rows: ray.data.Dataset, n: int, partitions: int, run_uri: str,
                           pa.table({"item_id": pa.array([], pa.int64()), "count": pa.array([], pa.int64())}),
                           pa.table({"event": pa.array([], pa.int8()), "count": pa.array([], pa.int32())}))]
     summary = pa.concat_tables(parts)
-    items = pa.table({"item_id": pc.list_flatten(summary["item_ids"]),
-                      "count": pc.list_flatten(summary["item_counts"])})
-    items = items.group_by("item_id", use_threads=False).aggregate([("count", "sum")]).select(
-        ["item_id", "count_sum"]).rename_columns(["item_id", "count"])
+    items = _sum_by_item(pa.table({"item_id": pc.list_flatten(summary["item_ids"]),
+                                   "count": pc.list_flatten(summary["item_counts"])}))
     stats = pa.table({"event": pc.list_flatten(summary["stat_events"]),
                       "count": pc.list_flatten(summary["stat_counts"]).cast(pa.int64())})
     return Written(tuple(f for f in summary["file"].to_pylist() if f is not None),
