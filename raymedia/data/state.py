@@ -27,8 +27,9 @@ new event, a carried interaction, a carried day count, a carried last-seen
 day or a carried seen item. All of a user's rows meet in one block after a hash shuffle on
 ``user_id`` (the guarantee Ray's own ``map_groups`` relies on); each block is
 then one vectorised pass, not one Python call per user. Rows of kind ``STATS``
-belong to no user: the read stage's counts, carried as data to the pass that
-writes the state (``write``), which returns them with the files it wrote.
+belong to no user (``state_block`` leaves them out): the read stage's counts,
+carried as data to the pass that writes the state (``write``), which returns
+them with the files it wrote.
 
 ``to_histories`` maps a state to model inputs with one model's vocabulary.
 
@@ -158,10 +159,15 @@ def _meta_rows(users, days: np.ndarray, counts: np.ndarray, kind: int, item_t: p
 
 
 def stat_rows(codes: np.ndarray, counts: np.ndarray, user_t: pa.DataType, item_t: pa.DataType) -> pa.Table:
-    """STATS rows: no user, ``event`` a statistic's code, ``count`` its value."""
+    """STATS rows: ``event`` a statistic's code, ``count`` its value. Their ``user_id`` is a
+    placeholder (0 or ""; the state leaves STATS rows out), not null: a null in the key
+    column changes how the hash shuffle hashes that block, and a user's rows from
+    blocks with and without nulls would land in different partitions."""
     n = len(codes)
+    placeholder = (pa.array(np.zeros(n, np.int64)).cast(user_t) if pa.types.is_integer(user_t)
+                   else pa.array([""] * n, user_t))
     return pa.table({
-        "user_id": pa.nulls(n, user_t), "item_id": pa.nulls(n, item_t),
+        "user_id": placeholder, "item_id": pa.nulls(n, item_t),
         "event": pa.array(np.asarray(codes, np.int8)), "ts": pa.array(np.zeros(n, np.int64)),
         "dwell_s": pa.array(np.zeros(n, np.float32)), "day": pa.array(np.zeros(n, np.int32)),
         "kind": pa.array(np.full(n, STATS, np.int8)), "pos": pa.array(np.zeros(n, np.int32)),
