@@ -51,8 +51,8 @@ def main() -> None:
     generate(gen, work)
     day = gen.start + dt.timedelta(days=args.days)
     result = pipeline.run_day(cfg, day)
-    inputs = pipeline.prepare(cfg, day, storage.new_run_id(), {}, pipeline._vocab_of(
-        result.model_uris["sequence"]), learn_items=False)
+    inputs = pipeline.prepare(cfg, day, storage.new_run_id(), pipeline._vocab_of(
+        result.model_uris["sequence"]), learn_items=False, keep_popularity=True)
     table = pa.concat_tables(ray.get(inputs.histories.to_arrow_refs()))
 
     lines = [f"precision: {table.num_rows} users, {inputs.vocab.size - 1} items, K {args.k}, "

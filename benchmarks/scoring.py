@@ -29,7 +29,6 @@ import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import ray
 
 from common import publish_random_models, record  # noqa: E402  (puts the repo on sys.path)
 from raymedia import config, features, models, pipeline, storage  # noqa: E402
@@ -88,8 +87,7 @@ def main() -> None:
     fs, _ = storage.resolve(cfg.output.uri)
     context = ScoringContext(uris, nxt.isoformat(), vocab_n)
     t0 = time.perf_counter()
-    histories = ray.data.read_parquet([storage.resolve(u)[1] for u in state_uris], filesystem=fs,
-                                      partitioning=None).map_batches(
+    histories = state.read_files(state_uris).map_batches(          # as the job reads them
         state.to_histories, batch_format="pyarrow", fn_kwargs={"vocab": vocab_n, "n": n})
     written = pipeline.score_histories(cfg, histories, context, f"{work}/streamed", "bench",
                                        dt.datetime.now(dt.timezone.utc).isoformat())

@@ -126,7 +126,7 @@ def main() -> None:
     gen = GeneratorConfig(users=args.users, items=args.items, days=args.days, seed=0)
     generate(gen, work, overwrite=True)
     day = gen.start + dt.timedelta(days=args.days)
-    inputs = pipeline.prepare(cfg, day, storage.new_run_id(), {})
+    inputs = pipeline.prepare(cfg, day, storage.new_run_id())
     rows_ds = train.training_rows(inputs.histories, cfg, features.day_start_us(day)).materialize()
     batches = list(rows_ds.iter_batches(batch_size=None, batch_format="numpy"))
     rows = {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}

@@ -24,7 +24,7 @@ from raymedia.inference import ScoringContext, actor_pool
 from raymedia.models import KINDS as MODEL_KINDS
 from raymedia.score import Scorer
 from raymedia.train import train
-from raymedia.writer import RunWriter, write_batch, write_part
+from raymedia.writer import RunWriter, write_batch
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def _timed(seconds: dict, stage: str):
     log.info("stage %s done in %.1fs", stage, seconds[stage])
 
 
-@dataclass
+@dataclass(frozen=True)
 class Inputs:
     """What the read stages produce for a day: user state, histories, vocabulary, counts."""
     day: dt.date
@@ -80,9 +80,10 @@ class Inputs:
     partitions: list[str]
     vocab: Vocab
     histories: ray.data.Dataset
-    stats: dict
+    stats: read.ReadStats
     state_files: list[str]
     state_info: dict
+    seconds: dict[str, float]       # per stage
 
 
 def run_uri(cfg: Config, day: dt.date, run_id: str) -> str:
@@ -125,20 +126,20 @@ def previous_state(cfg: Config, day: dt.date, rebuild: bool = False) -> tuple[st
     return c, f"dt={prev} generation {c.generation}"
 
 
-def prepare(cfg: Config, day: dt.date, run_id: str, secs: dict, base: Vocab | None = None,
-            learn_items: bool = True, rebuild_state: bool = False) -> Inputs:
-    """Day ``day``'s user state (as of 00:00 UTC) and the model histories it gives.
+@dataclass(frozen=True)
+class StateSource:
+    """What tonight's user state is built from: ``prev`` (yesterday's committed state) plus
+    one day of events, or, when ``prev`` is None, every day of the window; ``why`` says why."""
+    prev: storage.Commit | None
+    why: str
+    partitions: list[str]
+    files: read.EventFiles
 
-    Nightly (incremental): the state committed with ``day - 1`` plus the one
-    partition ``dt=day-1``. Otherwise, or when that state is missing or was
-    built differently: every partition of the look-back window (said in the
-    log and in the commit). The vocabulary is ``base`` (the scoring model's, or
-    the warm start's parent) extended with the catalog's new items, plus, when
-    ``learn_items``, every item in the state. Rejected rows and counts go under
-    the run's (uncommitted) directory.
-    """
-    storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
-    prev, why = previous_state(cfg, day, rebuild_state)
+
+def state_source(cfg: Config, day: dt.date, rebuild: bool = False) -> StateSource:
+    """Where ``day``'s state comes from, its event files preflighted; refused before any work
+    (EmptyInput) when a rebuild would read no data file."""
+    prev, why = previous_state(cfg, day, rebuild)
     if prev is not None:
         days = [day - dt.timedelta(days=1)]
         log.info("user state: incremental from %s + events of dt=%s", why, days[0])
@@ -150,52 +151,84 @@ def prepare(cfg: Config, day: dt.date, run_id: str, secs: dict, base: Vocab | No
     if not files.files and prev is None:
         raise schema.EmptyInput(f"dt={day}: the {len(partitions)} event partition(s) of the window "
                                 f"under {cfg.data.events_uri} hold no data files; nothing was committed")
+    return StateSource(prev, why, partitions, files)
+
+
+def _log_rows(cfg: Config, day: dt.date, src: StateSource, out: str, base: Vocab | None) -> ray.data.Dataset:
+    """The new events' log rows (and their STATS rows), plus what yesterday's state carries."""
+    parts = []
+    if src.files.files:
+        parts.append(read.read_log_rows(cfg.data.events_uri, src.files, out, base))
+    if src.prev is not None:
+        first_day = int(state.epoch_day(features.day_start_us(day - dt.timedelta(days=cfg.data.lookback_days))))
+        parts.append(state.read_files(src.prev.uris(cfg.output.uri, "user_state")).map_batches(
+            state.carried_rows, batch_format="pyarrow", fn_kwargs={"first_day": first_day}))
+    return parts[0] if len(parts) == 1 else parts[0].union(parts[1])
+
+
+def _check_read(cfg: Config, day: dt.date, src: StateSource, stats: read.ReadStats, out: str) -> None:
+    """Refuse a rebuild that read no rows (EmptyInput) and a night whose share of rejected
+    rows is above ``data.max_reject_fraction`` (RejectThresholdExceeded)."""
+    if stats.input_rows == 0 and src.prev is None:
+        raise schema.EmptyInput(f"dt={day}: the {len(src.partitions)} event partition(s) of the window "
+                                f"under {cfg.data.events_uri} hold no rows; nothing was committed")
+    log.info("read %d rows: %d valid, %d rejected %s, %d impressions, %d of unknown items",
+             stats.input_rows, stats.valid_rows, stats.rejected_rows, stats.rejected,
+             stats.impressions, stats.unknown_item)
+    share = stats.rejected_rows / max(stats.input_rows, 1)
+    if share > cfg.data.max_reject_fraction:
+        raise schema.RejectThresholdExceeded(
+            f"dt={day}: {share:.1%} of {stats.input_rows} input rows broke the events contract "
+            f"({', '.join(f'{k} {v}' for k, v in sorted(stats.rejected.items()))}), above "
+            f"data.max_reject_fraction={cfg.data.max_reject_fraction}; nothing was committed; "
+            f"the rejected rows are in {storage.join(out, 'rejects')}")
+
+
+def prepare(cfg: Config, day: dt.date, run_id: str, base: Vocab | None = None,
+            learn_items: bool = True, rebuild_state: bool = False, keep_popularity: bool = False,
+            reuse_histories: bool = True) -> Inputs:
+    """Day ``day``'s user state (as of 00:00 UTC) and the model histories it gives.
+
+    Nightly (incremental): the state committed with ``day - 1`` plus the one
+    partition ``dt=day-1``. Otherwise, or when that state is missing or was
+    built differently: every partition of the look-back window (said in the
+    log and in the commit). One Ray pass reads, builds and writes the state and
+    returns its items and the read counts (``state.write``). The vocabulary is
+    ``base`` (the scoring model's, or the warm start's parent) extended with the
+    catalog's new items, plus, when ``learn_items``, every item in the state; its
+    popularity is the histories' training interactions, or ``base``'s when
+    ``keep_popularity`` (a scoring run ranks cold-start users as its model
+    learned). The histories stream from the written state; materialized when
+    ``reuse_histories`` (read more than once: training, evaluation). Rejected
+    rows go under the run's (uncommitted) directory.
+    """
+    seconds: dict[str, float] = {}
+    storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
+    src = state_source(cfg, day, rebuild_state)
     catalog = read.read_catalog(cfg.data.catalog_uri)          # refused before any work
     init_ray(cfg)
     out = run_uri(cfg, day, run_id)
-    first_day = int(state.epoch_day(features.day_start_us(day - dt.timedelta(days=cfg.data.lookback_days))))
-    with _timed(secs, "state"):
-        parts = []
-        if files.files:
-            parts.append(read.read_log_rows(cfg.data.events_uri, files, out,
-                                            None if learn_items else base))
-        if prev is not None:
-            fs, _ = storage.resolve(cfg.output.uri)
-            parts.append(ray.data.read_parquet(
-                [storage.resolve(u)[1] for u in prev.uris(cfg.output.uri, "user_state")],
-                filesystem=fs, partitioning=None).map_batches(
-                    state.carried_rows, batch_format="pyarrow", fn_kwargs={"first_day": first_day}))
-        rows = parts[0] if len(parts) == 1 else parts[0].union(parts[1])
-        user_state = state.build(rows, state_len(cfg), cfg.state.shuffle_partitions).materialize()
-        written = user_state.map_batches(write_part, batch_format="pyarrow",
-                                         fn_kwargs={"run_uri": out, "table": "user_state"}).take_all()
-    with _timed(secs, "vocabulary"):
-        seen = state.distinct_items(user_state) if learn_items else pa.array([], catalog["item_id"].type)
-        vocab = Vocab.build(catalog, seen, features.day_start_us(day), base=base)
-    with _timed(secs, "histories"):
-        histories = user_state.map_batches(
-            state.to_histories, batch_format="pyarrow",
-            fn_kwargs={"vocab": vocab, "n": state_len(cfg), "seen_from": seen_from(cfg, day)}).materialize()
-    stats = read.read_stats(out)
-    if stats["input_rows"] == 0 and prev is None:
-        raise schema.EmptyInput(f"dt={day}: the {len(partitions)} event partition(s) of the window "
-                                f"under {cfg.data.events_uri} hold no rows; nothing was committed")
-    share = stats["rejected_rows"] / max(stats["input_rows"], 1)
-    log.info("read %d rows: %d valid, %d rejected %s, %d impressions, %d of unknown items",
-             stats["input_rows"], stats["valid_rows"], stats["rejected_rows"], stats["rejected"],
-             stats["impressions"], stats["unknown_item"])
-    if share > cfg.data.max_reject_fraction:
-        raise schema.RejectThresholdExceeded(
-            f"dt={day}: {share:.1%} of {stats['input_rows']} input rows broke the events contract "
-            f"({', '.join(f'{k} {v}' for k, v in sorted(stats['rejected'].items()))}), above "
-            f"data.max_reject_fraction={cfg.data.max_reject_fraction}; nothing was committed; "
-            f"the rejected rows are in {storage.join(out, 'rejects')}")
-    info = {"mode": "incremental" if prev is not None else "rebuild", "from": why,
+    asof_us = features.day_start_us(day)
+    no_items = pa.array([], catalog["item_id"].type)
+    fixed = None if learn_items else Vocab.build(catalog, no_items, asof_us, base)
+    with _timed(seconds, "state"):
+        written = state.write(_log_rows(cfg, day, src, out, None if learn_items else base),
+                              state_len(cfg), cfg.state.shuffle_partitions, out, fixed)
+    stats = read.ReadStats.from_rows(written.stats)
+    _check_read(cfg, day, src, stats, out)
+    with _timed(seconds, "vocabulary"):
+        vocab = Vocab.build(catalog, written.items["item_id"] if learn_items else no_items, asof_us, base,
+                            None if keep_popularity else written.items)
+    histories = state.histories(out, written.files, vocab, state_len(cfg), seen_from(cfg, day))
+    if reuse_histories:
+        with _timed(seconds, "histories"):
+            histories = histories.materialize()
+    info = {"mode": "incremental" if src.prev is not None else "rebuild", "from": src.why,
             "events_uri": cfg.data.events_uri, "lookback_days": cfg.data.lookback_days,
-            "length": state_len(cfg), "format": state.FORMAT, "users": sum(int(w["rows"]) for w in written),
+            "length": state_len(cfg), "format": state.FORMAT, "users": written.users,
             "new_items": vocab.size - base.size if base is not None else 0}
-    return Inputs(day, run_id, out, partitions, vocab, histories, stats,
-                  [w["file"] for w in written], info)
+    return Inputs(day, run_id, out, src.partitions, vocab, histories, stats,
+                  list(written.files), info, seconds)
 
 
 @dataclass
@@ -226,7 +259,6 @@ def train_all(cfg: Config, inputs: Inputs, plan: TrainPlan, secs: dict) -> dict[
     """Train the configured models on the inputs; returns the published model URIs."""
     with _timed(secs, "train"):
         log.info("training: %s (%s)", plan.start, plan.reason)
-        inputs.vocab.popularity = read.item_counts(inputs.histories, inputs.vocab.size, holdout_last=True)
         version = f"{inputs.day:%Y%m%d}-{inputs.run_id}"
         parents = {kind: (None if plan.parent is None else
                           checkpoint.version_uri(cfg.output.models_uri, kind, plan.parent.rsplit("/", 1)[1]))
@@ -241,7 +273,8 @@ def train_day(cfg: Config, day: dt.date) -> dict[str, str]:
     plan = training_plan(cfg, day)
     run_id = storage.new_run_id()
     with storage.Heartbeat(cfg.output.uri, day, run_id, None):     # never commits: kept while beating
-        inputs = prepare(cfg, day, run_id, secs, _vocab_of(plan.parent))
+        inputs = prepare(cfg, day, run_id, _vocab_of(plan.parent))
+        secs.update(inputs.seconds)
         return train_all(cfg, inputs, plan, secs)
 
 
@@ -295,8 +328,10 @@ def _produce(cfg: Config, day: dt.date, sink: RunWriter, train_models: bool,
     run_id = sink.run_id
     models = None if train_models else (models or scoring_models(cfg, day))
     plan = training_plan(cfg, day) if train_models else None
-    inputs = prepare(cfg, day, run_id, secs, _vocab_of(plan.parent if plan else models["sequence"]),
-                     learn_items=train_models, rebuild_state=rebuild_state)
+    inputs = prepare(cfg, day, run_id, _vocab_of(plan.parent if plan else models["sequence"]),
+                     learn_items=train_models, rebuild_state=rebuild_state, keep_popularity=not train_models,
+                     reuse_histories=train_models or cfg.eval.enabled)
+    secs.update(inputs.seconds)
     model_uris = train_all(cfg, inputs, plan, secs) if train_models else dict(models)
     for kind in set(MODEL_KINDS) - set(model_uris):     # a run that trained only some kinds
         model_uris[kind] = checkpoint.latest(cfg.output.models_uri, kind)
@@ -309,7 +344,7 @@ def _produce(cfg: Config, day: dt.date, sink: RunWriter, train_models: bool,
                                   versions[cfg.score.recommender], generated_at)
     sink.record("user_state", inputs.state_files, inputs.state_info["users"])
     sink.record_writes(written)
-    sink.record_folder("rejects", inputs.stats["rejected_rows"])
+    sink.record_folder("rejects", inputs.stats.rejected_rows)
     metrics: dict = {}
     if cfg.eval.enabled:
         with _timed(secs, "evaluate"):
@@ -319,12 +354,12 @@ def _produce(cfg: Config, day: dt.date, sink: RunWriter, train_models: bool,
               "cold_start_users": sum(int(w["cold_start"]) for w in written if w["table"] == "recommendations"),
               "new_items": inputs.state_info["new_items"], "vocab_items": inputs.vocab.size - 1,
               "state_users": inputs.state_info["users"], "input_partitions": len(inputs.partitions),
-              "input_rows": inputs.stats["input_rows"], "rejected_rows": inputs.stats["rejected_rows"]}
+              "input_rows": inputs.stats.input_rows, "rejected_rows": inputs.stats.rejected_rows}
     result = RunResult(day.isoformat(), run_id, sink.commit_uri, model_uris, metrics, counts, secs,
                        {"state": inputs.state_info, "training": asdict(plan) if plan else None})
     sink.write_json("summary", "summary.json", asdict(result))
     return result, sink.manifest(versions, inputs.partitions, cfg.hash(), generated_at,
-                                {"input": inputs.stats, "state": inputs.state_info, "counts": counts,
+                                {"input": asdict(inputs.stats), "state": inputs.state_info, "counts": counts,
                                  "models": verified})
 
 

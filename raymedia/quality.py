@@ -65,7 +65,6 @@ def run(events_uri: str, out: str, model: str = "all", exclude_seen: bool = True
     trained on the data set first, into ``out``/models."""
     from raymedia import evaluate as ev
     from raymedia import pipeline, report
-    from raymedia.data import read
     from raymedia.inference import ScoringContext
 
     if protocol not in PROTOCOLS:
@@ -89,13 +88,14 @@ def run(events_uri: str, out: str, model: str = "all", exclude_seen: bool = True
     if checkpoint_uri:
         uris = {k: _model_uri(checkpoint_uri, k) for k in kinds}
         base = checkpoint.load_vocab(next(iter(uris.values())))
-        inputs = pipeline.prepare(cfg, day, run_id, secs, base, learn_items=False)
+        inputs = pipeline.prepare(cfg, day, run_id, base, learn_items=False)
+        secs.update(inputs.seconds)
         if auto_len:
             cfg = with_history_len(cfg, checkpoint.read_meta(next(iter(uris.values()))).max_len)
-        inputs.vocab.popularity = read.item_counts(inputs.histories, inputs.vocab.size, holdout_last=True)
     else:
         storage.check_writable(cfg.output.models_uri, "--out")
-        inputs = pipeline.prepare(cfg, day, run_id, secs)
+        inputs = pipeline.prepare(cfg, day, run_id)
+        secs.update(inputs.seconds)
         if auto_len:
             cfg = with_history_len(cfg, history_len_from(inputs.histories))
         uris = pipeline.train_all(cfg, inputs, pipeline.TrainPlan("full", None, "raymedia evaluate"), secs)

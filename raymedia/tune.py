@@ -111,7 +111,6 @@ def tune(events_uri: str, kind: str, budget: int, out: str, catalog_uri: str | N
     from ray.tune.search import BasicVariantGenerator
 
     from raymedia import pipeline, quality
-    from raymedia.data import read
 
     kind = models.kind(kind)
     if budget < 1:
@@ -134,11 +133,10 @@ def tune(events_uri: str, kind: str, budget: int, out: str, catalog_uri: str | N
         f"data.events_uri={events_uri}", f"data.catalog_uri={catalog_uri or quality.default_catalog(events_uri)}",
         f"data.lookback_days={(day - days[0]).days}", f"output.uri={out}/work", f"train.models={kind}"]))
     storage.check_writable(out, "--out")
-    inputs = pipeline.prepare(cfg, day, storage.new_run_id(), {})
+    inputs = pipeline.prepare(cfg, day, storage.new_run_id())         # histories materialized
     if auto_len:                                                # as raymedia evaluate: from the data
         cfg = quality.with_history_len(cfg, quality.history_len_from(inputs.histories))
-    inputs.vocab.popularity = read.item_counts(inputs.histories, inputs.vocab.size, holdout_last=True)
-    histories = inputs.histories.materialize()
+    histories = inputs.histories
     parallel = parallel or default_parallel(cfg)
     fs, path = storage.resolve(storage.join(out, "_tune"))
     fs.create_dir(path, recursive=True)

@@ -2,7 +2,8 @@
 
 Only the day partitions a run names are given to Ray Data, so days outside
 them are never listed or read. Valid rows leave as the user state's log rows
-(``data/state.py`` turns them into per-user state).
+(``data/state.py`` turns them into per-user state), followed by rows that count
+what was read (``ReadStats``), so the counts arrive with the state they describe.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import datetime as dt
 import hashlib
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -191,73 +192,64 @@ def _batch_id(batch: pa.Table) -> str:
     return hashlib.sha1(sink.getvalue()).hexdigest()[:20]
 
 
-def to_log_rows(batch: pa.Table, events_uri: str, run_uri: str, vocab: Vocab | None = None) -> pa.Table:
-    """Raw events -> validated log rows for the user state (``state.log_rows``).
+COUNTS = ("input_rows", "valid_rows", "impressions", "unknown_item")
+STAT_NAMES = (*COUNTS, *schema.REJECT_REASONS)    # a STATS row's ``event`` is its index here
 
-    Contract violations go to ``run_uri/rejects/`` with their reason; counts of
-    every kind of row go to ``run_uri/_stats/`` (both named by the batch's
-    content, so a retried batch overwrites instead of double counting). Engaged
-    events on items ``vocab`` (the scoring model's) does not know are counted.
+
+@dataclass(frozen=True)
+class ReadStats:
+    """What the read stage saw: rows in, valid, rejected (by reason), impressions, and
+    engaged rows on items the scoring model does not know."""
+    input_rows: int = 0
+    valid_rows: int = 0
+    impressions: int = 0
+    unknown_item: int = 0
+    rejected_rows: int = 0
+    rejected: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_rows(cls, rows: pa.Table) -> "ReadStats":
+        """Sum of the STATS rows (``event``, ``count``) the read batches sent along."""
+        totals = np.bincount(rows["event"].to_numpy().astype(np.int64),
+                             weights=rows["count"].to_numpy().astype(np.float64), minlength=len(STAT_NAMES))
+        by_name = {name: int(n) for name, n in zip(STAT_NAMES, totals)}
+        rejected = {r: by_name[r] for r in schema.REJECT_REASONS if by_name[r]}
+        return cls(*(by_name[c] for c in COUNTS), sum(rejected.values()), rejected)
+
+
+def to_log_rows(batch: pa.Table, events_uri: str, run_uri: str, vocab: Vocab | None = None) -> pa.Table:
+    """Raw events -> validated log rows for the user state (``state.log_rows``), followed
+    by STATS rows counting every kind of row (``ReadStats``), which travel with them to
+    the pass that writes the state: Ray keeps one output per task, so a retried batch
+    counts once. Contract violations go to ``run_uri/rejects/`` with their reason (named
+    by the batch's content, so a retry overwrites). Engaged events on items ``vocab``
+    (the scoring model's) does not know are counted.
     """
     days = pc.unique(batch["dt"]).to_pylist() if "dt" in batch.column_names else []
     source = f"{events_uri}/dt={','.join(map(str, days))}"
     valid, rejected = schema.validate_events(batch, source)
     impression = pc.equal(valid["event"], "impression")
-    bid = _batch_id(batch)
     if rejected.num_rows:
-        storage.write_parquet(rejected, storage.join(run_uri, "rejects", f"part-{bid}.parquet"))
-    reasons = pc.value_counts(rejected["reason"]).to_pylist() if rejected.num_rows else []
-    n_imp = int(pc.sum(impression).as_py() or 0)
-    unknown = 0
+        storage.write_parquet(rejected, storage.join(run_uri, "rejects", f"part-{_batch_id(batch)}.parquet"))
+    counts = {"input_rows": batch.num_rows, "valid_rows": valid.num_rows,
+              "impressions": int(pc.sum(impression).as_py() or 0), "unknown_item": 0}
     if vocab is not None:
         engaged_items = valid["item_id"].filter(pc.invert(impression))
-        unknown = int((vocab.lookup(engaged_items) == 0).sum())
-    storage.write_json(storage.join(run_uri, "_stats", f"{bid}.json"), {
-        "input_rows": batch.num_rows, "valid_rows": valid.num_rows,
-        "impressions": n_imp, "unknown_item": unknown,
-        "rejected": {r["values"]: r["counts"] for r in reasons}})
-    return state.log_rows(pa.table({
+        counts["unknown_item"] = int((vocab.lookup(engaged_items) == 0).sum())
+    if rejected.num_rows:
+        counts.update({r["values"]: r["counts"] for r in pc.value_counts(rejected["reason"]).to_pylist()})
+    rows = state.log_rows(pa.table({
         "user_id": valid["user_id"], "item_id": valid["item_id"],
         "event": schema.EventType.encode(valid["event"]), "ts": valid["ts"].cast(pa.int64()),
         "dwell_s": valid["dwell_s"]}))
-
-
-def read_stats(run_uri: str) -> dict:
-    """Sum of the per-batch counts a run's read stage recorded."""
-    total: dict = {"input_rows": 0, "valid_rows": 0, "impressions": 0, "unknown_item": 0,
-                   "rejected_rows": 0, "rejected": {}}
-    uris = storage.list_files(storage.join(run_uri, "_stats"))
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        for st in pool.map(storage.read_json, uris):
-            for k in ("input_rows", "valid_rows", "impressions", "unknown_item"):
-                total[k] += st[k]
-            for reason, n in st["rejected"].items():
-                total["rejected"][reason] = total["rejected"].get(reason, 0) + n
-                total["rejected_rows"] += n
-    return total
+    return pa.concat_tables([rows, state.stat_rows(
+        np.array([STAT_NAMES.index(k) for k in counts]), np.array(list(counts.values())),
+        rows.schema.field("user_id").type, rows.schema.field("item_id").type)])
 
 
 def read_log_rows(events_uri: str, files: EventFiles, run_uri: str,
                   vocab: Vocab | None = None) -> ray.data.Dataset:
-    """The preflighted files as validated log rows (rejects and counts under ``run_uri``)."""
+    """The preflighted files as validated log rows and their STATS rows (rejects under ``run_uri``)."""
     return read_events(events_uri, list(files.partitions), files).map_batches(
         to_log_rows, batch_format="pyarrow",
         fn_kwargs={"events_uri": events_uri, "run_uri": run_uri, "vocab": vocab})
-
-
-def item_counts(histories: ray.data.Dataset, vocab_size: int, holdout_last: bool) -> np.ndarray:
-    """Interactions per item index over all histories, leaving out held-out last events."""
-    def count(batch: pa.Table) -> dict:
-        items = batch["items"].combine_chunks()
-        flat = pc.list_flatten(items).to_numpy()
-        if holdout_last:
-            lengths = pc.list_value_length(items).to_numpy()
-            keep = np.ones(len(flat), dtype=bool)
-            keep[(np.cumsum(lengths) - 1)[lengths > 0]] = False
-            flat = flat[keep]
-        return {"counts": [np.bincount(flat, minlength=vocab_size).astype(np.float64)]}
-
-    total = np.zeros(vocab_size)
-    for row in histories.map_batches(count, batch_size=None, batch_format="pyarrow").iter_rows():
-        total += row["counts"]
-    return total

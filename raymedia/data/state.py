@@ -26,22 +26,35 @@ Rows flow through one schema (``LOG_SCHEMA``): ``kind`` says whether a row is a
 new event, a carried interaction, a carried day count, a carried last-seen
 day or a carried seen item. All of a user's rows meet in one block after a hash shuffle on
 ``user_id`` (the guarantee Ray's own ``map_groups`` relies on); each block is
-then one vectorised pass, not one Python call per user.
+then one vectorised pass, not one Python call per user. Rows of kind ``STATS``
+belong to no user (``state_block`` leaves them out): the read stage's counts,
+carried as data to the pass that writes the state (``write``), which returns
+them with the files it wrote.
 
 ``to_histories`` maps a state to model inputs with one model's vocabulary.
+
+``write`` is the one Ray pass of a night's state: shuffle, merge, write each
+block, and return per block its file, users, items with their training
+interactions and the read counts, so nothing reads the state again before
+scoring; ``histories`` then streams the written files into model inputs.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import ray
 
+from raymedia import storage
 from raymedia.data.vocab import Vocab
 from raymedia.schema import US_PER_DAY, EventType
+from raymedia.writer import write_part
 
-NEW, CARRIED, DAY_COUNT, LAST_SEEN, SEEN = range(5)
+NEW, CARRIED, DAY_COUNT, LAST_SEEN, SEEN, STATS = range(6)
 FORMAT = 2          # state layout version: 2 added the seen set (older states are rebuilt)
 
 
@@ -143,6 +156,23 @@ def _meta_rows(users, days: np.ndarray, counts: np.ndarray, kind: int, item_t: p
     }, schema=log_schema(users.type, item_t))
 
 
+def stat_rows(codes: np.ndarray, counts: np.ndarray, user_t: pa.DataType, item_t: pa.DataType) -> pa.Table:
+    """STATS rows: ``event`` a statistic's code, ``count`` its value. Their ``user_id`` is a
+    placeholder (0 or ""; the state leaves STATS rows out), not null: a null in the key
+    column changes how the hash shuffle hashes that block, and a user's rows from
+    blocks with and without nulls would land in different partitions."""
+    n = len(codes)
+    placeholder = (pa.array(np.zeros(n, np.int64)).cast(user_t) if pa.types.is_integer(user_t)
+                   else pa.array([""] * n, user_t))
+    return pa.table({
+        "user_id": placeholder, "item_id": pa.nulls(n, item_t),
+        "event": pa.array(np.asarray(codes, np.int8)), "ts": pa.array(np.zeros(n, np.int64)),
+        "dwell_s": pa.array(np.zeros(n, np.float32)), "day": pa.array(np.zeros(n, np.int32)),
+        "kind": pa.array(np.full(n, STATS, np.int8)), "pos": pa.array(np.zeros(n, np.int32)),
+        "count": pa.array(np.asarray(counts, np.int32)),
+    }, schema=log_schema(user_t, item_t))
+
+
 def _group_lists(t: pa.Table, columns: list[str]) -> pa.Table:
     """One row per user_id with the listed columns aggregated into lists, order kept."""
     agg = t.group_by("user_id", use_threads=False).aggregate([(c, "list") for c in columns])
@@ -153,9 +183,12 @@ def state_block(block: pa.Table, n: int) -> pa.Table:
     """All log rows of some users -> one state row per user (see the module doc)."""
     user_t = block.schema.field("user_id").type
     item_t = block.schema.field("item_id").type
+    kind = block["kind"].to_numpy()
+    if (kind == STATS).any():
+        block = block.filter(pa.array(kind != STATS))
+        kind = block["kind"].to_numpy()
     if block.num_rows == 0:
         return state_schema(user_t, item_t).empty_table()
-    kind = block["kind"].to_numpy()
     event = block["event"].to_numpy()
     is_inter = ((kind == NEW) & (event != EventType.IMPRESSION)) | (kind == CARRIED)
     inter = block.filter(pa.array(is_inter)).sort_by(
@@ -262,16 +295,8 @@ def to_histories(state: pa.Table, vocab: Vocab, n: int, seen_from: int = 0) -> p
     known items of the seen set last seen on epoch day ``seen_from`` or later (the history's
     own items are seen too; ``features`` adds them)."""
     ids = state["item_ids"].combine_chunks()
-    lengths = pc.list_value_length(ids).to_numpy(zero_copy_only=False).astype(np.int64)
-    owner = np.repeat(np.arange(state.num_rows), lengths)
     idx = vocab.lookup(pc.list_flatten(ids))
-    known = idx > 0
-    owner, kept = owner[known], np.flatnonzero(known)
-    per_user = np.bincount(owner, minlength=state.num_rows)
-    ends = np.cumsum(per_user)
-    from_end = ends[owner] - np.arange(len(owner))
-    tail = from_end <= n
-    owner, kept = owner[tail], kept[tail]
+    owner, kept, _ = _last_known(ids, idx > 0, n)
     offsets = pa.array(np.concatenate([[0], np.cumsum(np.bincount(owner, minlength=state.num_rows))])
                        .astype(np.int32))
     take = pa.array(kept)
@@ -285,6 +310,36 @@ def to_histories(state: pa.Table, vocab: Vocab, n: int, seen_from: int = 0) -> p
         "n_events": pa.array(_list_sums(state["counts"])),
         "seen": _seen_indices(state, vocab, seen_from),
     })
+
+
+def _last_known(ids: pa.ListArray, known: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each user's last ``n`` items among the ``known`` ones (a mask over the flattened
+    ``ids``): their user, their position in the flattened ids, their place from the end."""
+    lengths = pc.list_value_length(ids).to_numpy(zero_copy_only=False).astype(np.int64)
+    owner = np.repeat(np.arange(len(ids)), lengths)
+    owner, kept = owner[known], np.flatnonzero(known)
+    ends = np.cumsum(np.bincount(owner, minlength=len(ids)))
+    from_end = ends[owner] - np.arange(len(owner))
+    tail = from_end <= n
+    return owner[tail], kept[tail], from_end[tail]
+
+
+def item_counts(state: pa.Table, n: int, vocab: Vocab | None = None) -> pa.Table:
+    """``item_id, count``: every item of the histories ``to_histories(state, vocab, n)``
+    gives (every item when ``vocab`` is None: one that will learn them all), with its
+    interactions there before each user's last, the one evaluation holds out: what
+    training learns from, the vocabulary's popularity."""
+    ids = state["item_ids"].combine_chunks()
+    flat = pc.list_flatten(ids)
+    known = np.ones(len(flat), bool) if vocab is None else vocab.lookup(flat) > 0
+    _, kept, from_end = _last_known(ids, known, n)
+    return _sum_by_item(pa.table({"item_id": flat.take(pa.array(kept)),
+                                  "count": pa.array((from_end > 1).astype(np.int64))}))
+
+
+def _sum_by_item(t: pa.Table) -> pa.Table:
+    return t.group_by("item_id", use_threads=False).aggregate([("count", "sum")]).select(
+        ["item_id", "count_sum"]).rename_columns(["item_id", "count"])
 
 
 def _seen_indices(state: pa.Table, vocab: Vocab, seen_from: int) -> pa.ListArray:
@@ -306,10 +361,69 @@ def _list_sums(col: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return np.bincount(owner, weights=values, minlength=len(arr)).astype(np.int32)
 
 
-def distinct_items(user_state: ray.data.Dataset) -> pa.Array:
-    """Every item id in the users' state (O(items) on the driver, never O(users))."""
-    def unique(batch: pa.Table) -> pa.Table:
-        return pa.table({"item_id": pc.unique(pc.list_flatten(batch["item_ids"]))})
-    chunks = [b["item_id"] for b in user_state.map_batches(unique, batch_format="pyarrow", batch_size=None)
-              .iter_batches(batch_format="pyarrow", batch_size=None)]
-    return pc.unique(pa.chunked_array(chunks)) if chunks else pa.array([], pa.int64())
+@dataclass(frozen=True)
+class Written:
+    """What the one pass over a night's log rows leaves (``write``)."""
+    files: tuple[str, ...]       # the state's Parquet files, relative to the run
+    users: int
+    items: pa.Table              # item_id, count: ``item_counts`` over every user
+    stats: pa.Table              # event, count: the STATS rows that rode along
+
+
+def write(rows: ray.data.Dataset, n: int, partitions: int, run_uri: str,
+          vocab: Vocab | None = None) -> Written:
+    """Log rows -> the user state written under ``run_uri/user_state/``, in one Ray pass:
+    the hash shuffle, then per block merge, write, ``item_counts`` (with ``vocab``, None
+    when the vocabulary will learn every item) and the STATS rows, summed on the driver."""
+    parts = list(rows.repartition(partitions, keys=["user_id"]).map_batches(
+        _write_block, batch_size=None, batch_format="pyarrow",
+        fn_kwargs={"n": n, "run_uri": run_uri, "vocab": vocab}).iter_batches(
+        batch_size=None, batch_format="pyarrow"))
+    if not parts:           # no rows at all (ids of no type: the vocabulary casts them)
+        parts = [_summary(pa.table({}), None,
+                          pa.table({"item_id": pa.array([], pa.int64()), "count": pa.array([], pa.int64())}),
+                          pa.table({"event": pa.array([], pa.int8()), "count": pa.array([], pa.int32())}))]
+    summary = pa.concat_tables(parts)
+    items = _sum_by_item(pa.table({"item_id": pc.list_flatten(summary["item_ids"]),
+                                   "count": pc.list_flatten(summary["item_counts"])}))
+    stats = pa.table({"event": pc.list_flatten(summary["stat_events"]),
+                      "count": pc.list_flatten(summary["stat_counts"]).cast(pa.int64())})
+    return Written(tuple(f for f in summary["file"].to_pylist() if f is not None),
+                   int(pc.sum(summary["rows"]).as_py() or 0), items, stats)
+
+
+def _write_block(block: pa.Table, n: int, run_uri: str, vocab: Vocab | None) -> pa.Table:
+    """One shuffled block -> its state rows written as one file -> one summary row."""
+    st = state_block(block, n)
+    written = write_part(st, run_uri, "user_state")["file"][0].as_py() if st.num_rows else None
+    stats = block.filter(pc.equal(block["kind"], STATS)).select(["event", "count"])
+    return _summary(st, written, item_counts(st, n, vocab), stats)
+
+
+def _summary(st: pa.Table, file: str | None, items: pa.Table, stats: pa.Table) -> pa.Table:
+    def one(values: pa.Array | pa.ChunkedArray) -> pa.ListArray:
+        values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+        return pa.ListArray.from_arrays(pa.array([0, len(values)], pa.int32()), values)
+    return pa.table({"file": pa.array([file], pa.string()), "rows": pa.array([st.num_rows], pa.int64()),
+                     "item_ids": one(items["item_id"]), "item_counts": one(items["count"]),
+                     "stat_events": one(stats["event"]), "stat_counts": one(stats["count"])})
+
+
+def read_files(uris: list[str]) -> ray.data.Dataset:
+    """A user state's Parquet files, one read task each, read with pyarrow (as the events
+    are): Ray Data's Parquet reader plans each read with a task of its own first, seconds
+    of fixed cost twice a night (yesterday's state, then tonight's for the histories)."""
+    return ray.data.from_items([{"uri": u} for u in uris], override_num_blocks=max(1, len(uris))).map_batches(
+        _read_file, batch_size=1, batch_format="pyarrow")
+
+
+def _read_file(batch: pa.Table) -> pa.Table:
+    fs, path = storage.resolve(batch["uri"][0].as_py())
+    return pq.read_table(path, filesystem=fs)
+
+
+def histories(run_uri: str, files: tuple[str, ...], vocab: Vocab, n: int, seen_from: int) -> ray.data.Dataset:
+    """The written state's files streamed into model histories (``to_histories``), lazily:
+    each consumer reads them again unless the caller materializes."""
+    return read_files([storage.join(run_uri, f) for f in files]).map_batches(
+        to_histories, batch_format="pyarrow", fn_kwargs={"vocab": vocab, "n": n, "seen_from": seen_from})

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from raymedia import storage
 
 
-@dataclass
+@dataclass(frozen=True)
 class Vocab:
     item_ids: pa.Array            # item_ids[i] has index i + 1
     item_category: np.ndarray     # (n + 1,) int64 category index per item index, 0 = unknown
@@ -95,7 +95,7 @@ class Vocab:
 
     @classmethod
     def build(cls, catalog: pa.Table, log_item_ids: pa.Array, asof_us: int | None = None,
-              base: "Vocab | None" = None) -> "Vocab":
+              base: "Vocab | None" = None, counts: pa.Table | None = None) -> "Vocab":
         """Vocabulary of a model trained as of ``asof``.
 
         Without ``base``: catalog items published before ``asof`` (sorted), then
@@ -103,7 +103,21 @@ class Vocab:
         warm start, or scoring new content with an older model): ``base``'s items
         keep their indices and categories, and the new items are appended, each
         in its catalog category when ``base`` knows that category, else unknown.
+        The popularity is ``counts`` (``item_id, count``: the training data's
+        interactions; items it lacks 0) when given, else ``base``'s (new items 0).
         """
+        vocab = cls._build(catalog, log_item_ids, asof_us, base)
+        if counts is None:
+            return vocab
+        pop = np.zeros(vocab.size)
+        idx = vocab.lookup(counts["item_id"].cast(vocab.item_ids.type))
+        known = idx > 0
+        pop[idx[known]] = counts["count"].to_numpy()[known]
+        return cls(vocab.item_ids, vocab.item_category, vocab.categories, pop)
+
+    @classmethod
+    def _build(cls, catalog: pa.Table, log_item_ids: pa.Array, asof_us: int | None,
+               base: "Vocab | None") -> "Vocab":
         cat_ids = catalog["item_id"]
         if asof_us is not None:
             published = pc.cast(catalog["published_at"], pa.int64())

@@ -134,7 +134,7 @@ def test_sigterm_to_the_driver_exits_143_with_one_line(trained_run, tmp_path):
     proc = subprocess.Popen(_cli(root, day, f"output.uri={out}", *FAST), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
-    while not glob.glob(f"{out}/dt={day}/run=*/_stats/*.json"):      # Ray is working for it
+    while not glob.glob(f"{out}/dt={day}/run=*/user_state/*.parquet"):   # Ray is working for it
         assert proc.poll() is None, proc.communicate()[1][-2000:]
         assert time.time() < deadline, "the run wrote nothing"
         time.sleep(0.05)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from raymedia.data import state
+from raymedia.data import read, state
 from raymedia.data.vocab import Vocab
 from raymedia.schema import US_PER_DAY as DAY
 from raymedia.schema import EventType as E
@@ -108,3 +109,53 @@ def test_histories_use_the_models_vocabulary_and_count_every_interaction():
     st = state.state_block(state.log_rows(ev), n=1)            # "a", "zz", "b" fall out of the last 1
     assert state.to_histories(st, vocab, n=1).to_pylist()[0]["seen"] == [1, 2]   # "zz" unknown
     assert state.to_histories(st, vocab, n=1, seen_from=1).to_pylist()[0]["seen"] == []   # horizon
+
+
+def _catalog(ids: list) -> pa.Table:
+    return pa.table({"item_id": pa.array(ids, pa.int64()), "category": pa.array(["x"] * len(ids), pa.string()),
+                     "published_at": pa.array([None] * len(ids), pa.timestamp("us", "UTC")),
+                     "available": [True] * len(ids)})
+
+
+NO_ITEMS = pa.array([], pa.int64())
+
+
+def test_item_counts_are_what_training_learns_from_the_histories():
+    """Per item, its interactions in the histories but each user's last (evaluation's),
+    with the model's vocabulary (unknown items dropped first) or one learning them all;
+    the vocabulary's popularity is those counts."""
+    rng = np.random.default_rng(7)
+    st = _rebuild({d: _events(rng, d) for d in range(100, 104)}, 104)
+    model = Vocab.build(_catalog(list(range(8))), NO_ITEMS)          # items 8..11 unknown
+    learning = Vocab.build(_catalog([]), pc.list_flatten(st["item_ids"]))
+    for vocab, n in ((model, N), (model, 2), (None, N)):
+        v = vocab or learning
+        expected: dict = {}
+        for items in state.to_histories(st, v, n)["items"].to_pylist():
+            for k, i in enumerate(items):
+                expected[i] = expected.get(i, 0) + (k < len(items) - 1)
+        counts = state.item_counts(st, n, vocab)
+        assert dict(zip(v.lookup(counts["item_id"]).tolist(), counts["count"].to_pylist())) == expected
+        pop = Vocab.build(_catalog([]), counts["item_id"], counts=counts).popularity
+        assert pop[0] == 0 and sum(pop) == sum(expected.values()) > 0
+    base = Vocab.build(_catalog([1, 2]), NO_ITEMS, counts=pa.table({"item_id": [2], "count": [5]}))
+    assert base.popularity.tolist() == [0, 0, 5]
+    assert Vocab.build(_catalog([1, 2, 3]), NO_ITEMS, base=base).popularity.tolist() == [0, 0, 5, 0]
+
+
+def test_read_counts_ride_with_the_log_rows_and_the_state_leaves_them_out(tmp_path):
+    c = ["play", "impression", "play", "click", "play"]
+    raw = pa.table({"user_id": pa.array([1, 1, None, 2, 2]), "item_id": pa.array([10, 11, 12, 99, 10]),
+                    "event": c, "ts": pa.array([1, 2, 3, 4, 5], pa.timestamp("us", "UTC")),
+                    "dwell_s": pa.array([1.0, 0.0, 1.0, 1.0, -1.0], pa.float32())})
+    vocab = Vocab.build(_catalog([10, 11, 12]), pa.array([], pa.int64()))
+    rows = read.to_log_rows(raw, "events", str(tmp_path), vocab)
+    is_stat = pc.equal(rows["kind"], state.STATS)
+    stats = rows.filter(is_stat).select(["event", "count"])
+    assert read.ReadStats.from_rows(pa.concat_tables([stats, stats])) == read.ReadStats(
+        input_rows=10, valid_rows=6, impressions=2, unknown_item=2, rejected_rows=4,
+        rejected={"null_user_id": 2, "negative_dwell": 2})
+    assert len(list(tmp_path.glob("rejects/*.parquet"))) == 1
+    assert rows["user_id"].null_count == 0      # a null key would change how the shuffle hashes the block
+    assert state.state_block(rows, N).equals(state.state_block(rows.filter(pc.invert(is_stat)), N))
+    assert state.state_block(rows, N)["user_id"].to_pylist() == [1, 2]
