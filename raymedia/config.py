@@ -21,7 +21,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from raymedia.models import KINDS as MODEL_KINDS
+from raymedia.kinds import KINDS as MODEL_KINDS
 
 
 class ConfigError(ValueError):

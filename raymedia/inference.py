@@ -20,6 +20,7 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from raymedia import checkpoint, features, models, ranking, schema
+from raymedia.cluster import cluster_gpus
 from raymedia.config import Config
 from raymedia.data import read
 from raymedia.data.vocab import Vocab
@@ -40,11 +41,6 @@ class ScoringContext:
         """One bool per vocabulary index: available and published at ``asof`` in the catalog
         (what scoring may show, so evaluation masks the same)."""
         return self.vocab.recommendable(read.read_catalog(catalog_uri), features.day_start_us(self.asof))
-
-
-def cluster_gpus() -> float:
-    """GPUs in the Ray cluster (0 on a CPU cluster)."""
-    return ray.cluster_resources().get("GPU", 0)
 
 
 def actor_pool(cfg: Config, section: str = "score") -> dict:

@@ -21,7 +21,7 @@ from raymedia.data import read, state
 from raymedia.data.vocab import Vocab
 from raymedia.evaluate import EvalInputs, evaluate
 from raymedia.inference import ScoringContext, actor_pool
-from raymedia.models import KINDS as MODEL_KINDS
+from raymedia.kinds import KINDS as MODEL_KINDS
 from raymedia.score import Scorer
 from raymedia.train import train
 from raymedia.writer import RunWriter, write_batch

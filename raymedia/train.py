@@ -37,10 +37,10 @@ import torch
 
 from raymedia import checkpoint, features, metrics, models, ranking, storage
 from raymedia.checkpoint import ModelMeta
+from raymedia.cluster import cluster_gpus
 from raymedia.config import Config
 from raymedia.data.vocab import Vocab
 from raymedia.schema import US_PER_DAY
-from raymedia.inference import cluster_gpus
 
 log = logging.getLogger(__name__)
 OPTIMIZER = "optimizer.pt"

@@ -89,7 +89,7 @@ def default_parallel(cfg) -> int:
     free for the Ray Data tasks that feed every trial's workers."""
     per_trial = cfg.train.num_workers * cfg.train.cpus_per_worker
     n = int((ray.cluster_resources().get("CPU", 2) - 1) // per_trial)
-    from raymedia.inference import cluster_gpus
+    from raymedia.cluster import cluster_gpus
     from raymedia.train import use_gpu
     if use_gpu(cfg):
         n = min(n, int(cluster_gpus() // cfg.train.num_workers))

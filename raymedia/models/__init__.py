@@ -1,8 +1,7 @@
-"""The torch modules (no I/O, no Ray), the one registry of model kinds, and one way to
-build a model from a config.
+"""The torch modules (no I/O, no Ray) and one way to build a model from a config; the
+registry of model kinds (``raymedia.kinds``) is re-exported here.
 
-Importing this package is cheap (no torch): the config and the CLI check kind names
-against ``KINDS``; the modules load on the first ``build``.
+Importing this package is cheap (no torch): the modules load on the first ``build``.
 """
 
 from __future__ import annotations
@@ -15,21 +14,7 @@ if TYPE_CHECKING:
 
     from raymedia.config import Config
 
-KINDS = ("two_tower", "sequence")       # the order models train, score and are listed in
-ALIASES = {"two-tower": "two_tower"}    # CLI spellings
-
-
-def kind(name: str) -> str:
-    """The model kind ``name`` names (a kind or a CLI alias); ValueError naming the known ones."""
-    name = ALIASES.get(name, name)
-    if name not in KINDS:
-        raise ValueError(f"unknown model {name!r}; choose from {', '.join(names())}")
-    return name
-
-
-def names() -> list[str]:
-    """Every accepted spelling: the kinds and their aliases (CLI choices, error messages)."""
-    return [*KINDS, *ALIASES]
+from raymedia.kinds import ALIASES, KINDS, kind, names  # noqa: F401  (re-exported)
 
 
 def model_class(name: str) -> type:
@@ -66,6 +51,8 @@ def grow_items(model: torch.nn.Module, item_category: torch.Tensor, popularity: 
     """
     import torch
 
+    from raymedia.models.sampling import popularity_sampler
+
     old = model.item_emb.weight.data
     n_old, n_new = old.shape[0], len(item_category)
     if n_new < n_old:
@@ -87,4 +74,4 @@ def grow_items(model: torch.nn.Module, item_category: torch.Tensor, popularity: 
     model.item_emb = emb
     model.item_category = item_category.to(old.device).long()
     if hasattr(model, "sample_prob"):
-        model.sample_prob = model.popularity_sampler(popularity).to(old.device)
+        model.sample_prob = popularity_sampler(popularity).to(old.device)

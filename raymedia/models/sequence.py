@@ -28,7 +28,7 @@ from torch import nn
 
 from raymedia.features import NUM_DWELL_BUCKETS, NUM_TIME_BUCKETS
 from raymedia.models.content import WithContent
-from raymedia.models.two_tower import TwoTowerModel
+from raymedia.models.sampling import popularity_sampler
 from raymedia.schema import NUM_EVENT_CODES
 
 
@@ -124,10 +124,8 @@ class SequenceModel(WithContent, nn.Module):
                              item_category if item_category is not None
                              else torch.zeros(vocab_size, dtype=torch.long))
         pop = popularity if popularity is not None else torch.ones(vocab_size)
-        self.register_buffer("sample_prob", self.popularity_sampler(pop))
+        self.register_buffer("sample_prob", popularity_sampler(pop))   # sampled-loss negatives
         nn.init.normal_(self.item_emb.weight, std=dim ** -0.5)
-
-    popularity_sampler = staticmethod(TwoTowerModel.popularity_sampler)   # sampled-loss negatives
 
     def encode(self, items: torch.Tensor, events: torch.Tensor, gaps: torch.Tensor,
                dwell: torch.Tensor | None = None) -> torch.Tensor:

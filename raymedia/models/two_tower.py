@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raymedia.models.content import WithContent
+from raymedia.models.sampling import popularity_sampler
 from raymedia.schema import EVENT_WEIGHT, NUM_EVENT_CODES
 
 
@@ -57,14 +58,7 @@ class TwoTowerModel(WithContent, nn.Module):
                              item_category if item_category is not None
                              else torch.zeros(vocab_size, dtype=torch.long))
         pop = popularity if popularity is not None else torch.ones(vocab_size)
-        self.register_buffer("sample_prob", self.popularity_sampler(pop))
-
-    @staticmethod
-    def popularity_sampler(popularity: torch.Tensor) -> torch.Tensor:
-        """Negative-sampling distribution: smoothed popularity, never the padding index."""
-        q = popularity.double() + 1.0
-        q[0] = 0.0
-        return (q / q.sum()).float()
+        self.register_buffer("sample_prob", popularity_sampler(pop))
 
     def _features(self, idx: torch.Tensor) -> torch.Tensor:
         return torch.cat([self.item_rows(idx), self.cat_emb(self.item_category[idx])], -1)
