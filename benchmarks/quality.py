@@ -24,7 +24,7 @@ import time
 
 from common import ROOT, record  # noqa: F401  (puts the repo on sys.path)
 
-from raymedia import models, quality, report, storage
+from raymedia import models, offline, report, storage
 
 
 def detect_format(path: str) -> str:
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     tables = []
     for exclude in policies:
         label = "seen items excluded" if exclude else "repeats allowed"
-        m = quality.run(events, f"{out}/{'excluded' if exclude else 'allowed'}", model=args.model,
+        m = offline.run(events, f"{out}/{'excluded' if exclude else 'allowed'}", model=args.model,
                         exclude_seen=exclude, catalog_uri=catalog, overrides=overrides)
         lines = markdown(m, label)
         print()

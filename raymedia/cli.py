@@ -253,8 +253,8 @@ def import_cmd(args) -> int:
 
 
 def evaluate_cmd(args) -> int:
-    from raymedia import quality, report
-    m = quality.run(args.events, args.out, model=args.model, exclude_seen=args.exclude_seen,
+    from raymedia import offline, report
+    m = offline.run(args.events, args.out, model=args.model, exclude_seen=args.exclude_seen,
                     catalog_uri=args.catalog, checkpoint_uri=args.checkpoint, protocol=args.protocol,
                     config=args.config, overrides=args.overrides)
     print(report.table(m))

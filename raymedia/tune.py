@@ -26,7 +26,7 @@ import ray
 import yaml
 
 from raymedia import config as config_mod
-from raymedia import models, storage
+from raymedia import dataset, models, storage
 
 log = logging.getLogger(__name__)
 # The trial's own process is a light driver: it asks for no CPU (a fraction would leave
@@ -110,7 +110,7 @@ def tune(events_uri: str, kind: str, budget: int, out: str, catalog_uri: str | N
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator
 
-    from raymedia import pipeline, quality
+    from raymedia import pipeline
 
     kind = models.kind(kind)
     if budget < 1:
@@ -125,17 +125,17 @@ def tune(events_uri: str, kind: str, budget: int, out: str, catalog_uri: str | N
     if not space:
         raise ValueError(f"--set fixes every searched field of {kind} ({', '.join(search_space(kind))}); "
                          "nothing left to tune")
-    days = quality.event_days(events_uri)
+    days = dataset.event_days(events_uri)
     day = days[-1] + dt.timedelta(days=1)
-    auto_len = quality.history_len_overrides(config, overrides)
+    auto_len = dataset.history_len_overrides(config, overrides)
     cfg = config_mod.from_dict(config_mod.apply_overrides(mine, [
         *auto_len,
-        f"data.events_uri={events_uri}", f"data.catalog_uri={catalog_uri or quality.default_catalog(events_uri)}",
+        f"data.events_uri={events_uri}", f"data.catalog_uri={catalog_uri or dataset.default_catalog(events_uri)}",
         f"data.lookback_days={(day - days[0]).days}", f"output.uri={out}/work", f"train.models={kind}"]))
     storage.check_writable(out, "--out")
     inputs = pipeline.prepare(cfg, day, storage.new_run_id())         # histories materialized
     if auto_len:                                                # as raymedia evaluate: from the data
-        cfg = quality.with_history_len(cfg, quality.history_len_from(inputs.histories))
+        cfg = dataset.with_history_len(cfg, dataset.history_len_from(inputs.histories))
     histories = inputs.histories
     parallel = parallel or default_parallel(cfg)
     fs, path = storage.resolve(storage.join(out, "_tune"))

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pyarrow as pa
 
-from raymedia import quality, storage
+from raymedia import dataset, storage
 from raymedia.cli import main
 from raymedia.data import state
 from raymedia.data.importers import import_events
@@ -49,12 +49,12 @@ def test_user_state_on_ray_matches_a_pandas_reference(ray_session, tmp_path):
 
 def test_history_len_from_the_data_is_a_high_percentile_of_history_lengths_within_bounds(ray_session):
     import ray
-    lo, hi, q = quality.AUTO_LEN
+    lo, hi, q = dataset.AUTO_LEN
     lengths = np.arange(1, 101)                  # p90 of 1..100 is 90.1 -> 91
     hist = ray.data.from_items([{"n_events": int(n)} for n in lengths])
-    assert quality.history_len_from(hist) == int(np.ceil(np.percentile(lengths, q))) == 91
-    assert quality.history_len_from(ray.data.from_items([{"n_events": 3}] * 5)) == lo
-    assert quality.history_len_from(ray.data.from_items([{"n_events": 5000}] * 5)) == hi
+    assert dataset.history_len_from(hist) == int(np.ceil(np.percentile(lengths, q))) == 91
+    assert dataset.history_len_from(ray.data.from_items([{"n_events": 3}] * 5)) == lo
+    assert dataset.history_len_from(ray.data.from_items([{"n_events": 5000}] * 5)) == hi
 
 
 def test_a_mind_import_runs_from_the_cli_with_string_ids_and_a_content_catalog(tmp_path, ray_session, capsys):

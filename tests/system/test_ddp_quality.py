@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import pytest
 
-from raymedia import quality
+from raymedia import offline
 
 pytestmark = pytest.mark.slow
 
 
 def _run(world, out, workers):
     root = world["root"]
-    return quality.run(f"{root}/events", out, model="all", catalog_uri=f"{root}/catalog",
+    return offline.run(f"{root}/events", out, model="all", catalog_uri=f"{root}/catalog",
                        overrides=["data.history_len=30", "train.epochs=4", "train.batch_size=32",
                                   "train.patience=0", "ray.progress_bars=false",
                                   "train.cpus_per_worker=0.5",     # 2 workers leave a CPU to Ray Data

@@ -84,13 +84,13 @@ def test_report_renders_every_plot_in_headless_chromium(evaluated):
 def test_temporal_split_ranks_the_test_days_first_interactions(trained_run, tmp_path):
     import json as _json
 
-    from raymedia import quality
+    from raymedia import dataset, offline
     cfg = trained_run["cfg"]
-    m = quality.run(cfg.data.events_uri, str(tmp_path), protocol="temporal",
+    m = offline.run(cfg.data.events_uri, str(tmp_path), protocol="temporal",
                     catalog_uri=cfg.data.catalog_uri, checkpoint_uri=cfg.output.models_uri,
                     overrides=[f"data.history_len={cfg.data.history_len}", "ray.progress_bars=false"])
     assert m["protocol"] == "temporal" and "return" not in m
-    assert m["test_day"] == quality.event_days(cfg.data.events_uri)[-1].isoformat()
+    assert m["test_day"] == dataset.event_days(cfg.data.events_uri)[-1].isoformat()
     ranked = m["test_day_users"] - m["test_day_unknown_items"] - m["test_day_without_history"]
     assert m["users"] == ranked > 100
     assert m["models"]["sequence"]["ndcg@10"] > m["models"]["popularity"]["ndcg@10"]

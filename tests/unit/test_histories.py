@@ -47,13 +47,13 @@ def test_recommendable_follows_todays_catalog():
 
 
 def test_history_len_is_auto_only_when_neither_the_config_nor_an_override_sets_it(tmp_path):
-    from raymedia import quality
+    from raymedia import dataset
     cfg = tmp_path / "c.yaml"
     cfg.write_text("data:\n  history_len: 30\n")
     other = tmp_path / "o.yaml"
     other.write_text("train:\n  epochs: 3\n")
-    assert quality.history_len_overrides(str(cfg), []) == []
-    assert quality.history_len_overrides(None, ["data.history_len=12"]) == []
-    auto = [f"data.history_len={quality.AUTO_LEN[1]}"]
-    assert quality.history_len_overrides(str(other), ["train.epochs=2"]) == auto
-    assert quality.history_len_overrides(None, []) == auto
+    assert dataset.history_len_overrides(str(cfg), []) == []
+    assert dataset.history_len_overrides(None, ["data.history_len=12"]) == []
+    auto = [f"data.history_len={dataset.AUTO_LEN[1]}"]
+    assert dataset.history_len_overrides(str(other), ["train.epochs=2"]) == auto
+    assert dataset.history_len_overrides(None, []) == auto

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from raymedia import config, models, quality, tune
+from raymedia import config, models, offline, tune
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,12 +26,12 @@ def test_an_unknown_kind_is_refused_naming_the_known_ones():
 
 def test_evaluate_and_tune_refuse_an_unknown_model_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="unknown model 'gbdt'; choose from two_tower, sequence"):
-        quality.run(str(tmp_path / "none"), str(tmp_path / "out"), model="gbdt")
+        offline.run(str(tmp_path / "none"), str(tmp_path / "out"), model="gbdt")
     with pytest.raises(ValueError, match="unknown model 'gbdt'; choose from two_tower, sequence"):
         tune.tune(str(tmp_path / "none"), "gbdt", 1, str(tmp_path / "out"))
     # an alias passes the check and gets as far as the (missing) data
     with pytest.raises(FileNotFoundError, match="no dt=YYYY-MM-DD partitions"):
-        quality.run(str(tmp_path / "none"), str(tmp_path / "out"), model="two-tower")
+        offline.run(str(tmp_path / "none"), str(tmp_path / "out"), model="two-tower")
 
 
 def test_the_config_accepts_every_kind_and_nothing_else():
