@@ -30,6 +30,15 @@ def publish_random_models(cfg, vocab, version: str) -> dict[str, str]:
     return uris
 
 
+def workload_args(p) -> None:
+    """The scoring workload (users x items, embedding dim, top-K) that the scoring,
+    exact-cost and peers benchmarks share by default, so their figures compare."""
+    p.add_argument("--users", type=int, default=20000)
+    p.add_argument("--items", type=int, default=5000)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--k", type=int, default=100)
+
+
 def record(title: str, text: str) -> None:
     """Append a section (machine, versions, command, table) to BENCHMARKS.md."""
     import ray

@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from common import publish_random_models  # noqa: E402  (puts the repo on sys.path)
+from common import publish_random_models, workload_args  # noqa: E402  (puts the repo on sys.path)
 from raymedia import config, models  # noqa: E402
 from raymedia.data.vocab import Vocab  # noqa: E402
 from raymedia.inference import ScoringContext  # noqa: E402
@@ -44,10 +44,7 @@ def histories(users: int, items: int, length: int, seed: int = 0) -> pa.Table:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--users", type=int, default=20000)
-    p.add_argument("--items", type=int, default=5000)
-    p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--k", type=int, default=100)
+    workload_args(p)
     p.add_argument("--history", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--recommender", default="two_tower", choices=models.KINDS)

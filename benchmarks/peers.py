@@ -30,7 +30,7 @@ import scipy.sparse as sp
 import torch
 from threadpoolctl import threadpool_limits
 
-from common import record  # noqa: E402  (puts the repo on sys.path)
+from common import record, workload_args  # noqa: E402  (puts the repo on sys.path)
 from raymedia.ranking import DotScores, topk  # noqa: E402
 
 
@@ -132,10 +132,7 @@ def spark_topk(U: np.ndarray, V: np.ndarray, k: int, cores: int) -> tuple[float,
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--users", type=int, default=20000)
-    p.add_argument("--items", type=int, default=5000)
-    p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--k", type=int, default=100)
+    workload_args(p)
     p.add_argument("--seen", type=int, default=30, help="seen-item draws per user")
     p.add_argument("--batch", type=int, default=1024)
     p.add_argument("--no-spark", action="store_true")

@@ -30,7 +30,7 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from common import publish_random_models, record  # noqa: E402  (puts the repo on sys.path)
+from common import publish_random_models, record, workload_args  # noqa: E402  (puts the repo on sys.path)
 from raymedia import config, features, models, pipeline, storage  # noqa: E402
 from raymedia.data import read, state  # noqa: E402
 from raymedia.data.generate import GeneratorConfig, generate  # noqa: E402
@@ -41,11 +41,8 @@ from raymedia.score import Scorer  # noqa: E402
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--users", type=int, default=20000)
-    p.add_argument("--items", type=int, default=5000)
     p.add_argument("--days", type=int, default=14)
-    p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--k", type=int, default=100)
+    workload_args(p)
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--recommender", default="two_tower", choices=models.KINDS)
     p.add_argument("--work", default=None, help="scratch directory (default: a temp dir)")

@@ -14,17 +14,18 @@ from raymedia.data.importers import import_events
 from conftest import MIND_BEHAVIORS, MIND_NEWS, write_mind
 
 ML = [(1, 10, 5, 978300760), (1, 11, 3, 978302109), (2, 10, 4, 978301968), (2, 12, 1, 978824291)]
+ML_LAYOUTS = [      # the three MovieLens ratings layouts (file name, text) holding the ratings ML
+    ("ratings.dat", "".join(f"{u}::{i}::{r}::{t}\n" for u, i, r, t in ML)),
+    ("u.data", "".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in ML)),
+    ("ratings.csv", "userId,movieId,rating,timestamp\n" + "".join(f"{u},{i},{r}.0,{t}\n" for u, i, r, t in ML)),
+]
 
 
 def _read(root):
     return pads.dataset(f"{root}/events", partitioning="hive").to_table().sort_by("ts")
 
 
-@pytest.mark.parametrize("name, text", [
-    ("ratings.dat", "".join(f"{u}::{i}::{r}::{t}\n" for u, i, r, t in ML)),
-    ("u.data", "".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in ML)),
-    ("ratings.csv", "userId,movieId,rating,timestamp\n" + "".join(f"{u},{i},{r}.0,{t}\n" for u, i, r, t in ML)),
-])
+@pytest.mark.parametrize("name, text", ML_LAYOUTS)
 def test_movielens_layouts(tmp_path, name, text):
     (tmp_path / name).write_text(text)
     s = import_events("movielens", str(tmp_path / name), str(tmp_path / "out"))
@@ -66,11 +67,7 @@ ITEM_FILES = {
 }
 
 
-@pytest.mark.parametrize("name, text", [
-    ("ratings.dat", "".join(f"{u}::{i}::{r}::{t}\n" for u, i, r, t in ML)),
-    ("u.data", "".join(f"{u}\t{i}\t{r}\t{t}\n" for u, i, r, t in ML)),
-    ("ratings.csv", "userId,movieId,rating,timestamp\n" + "".join(f"{u},{i},{r}.0,{t}\n" for u, i, r, t in ML)),
-])
+@pytest.mark.parametrize("name, text", ML_LAYOUTS)
 def test_the_item_file_beside_the_ratings_gives_the_catalog_titles_genres_and_tags(tmp_path, name, text):
     (tmp_path / name).write_text(text)
     item_file, items = ITEM_FILES[name]
