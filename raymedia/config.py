@@ -78,7 +78,8 @@ class ContentConfig:
     from the catalog's text and metadata, to each item's id row, so new items are scored
     from what they are on their first day."""
     enabled: Literal["auto", "on", "off"] = _f(
-        "auto", doc="auto: on when the catalog has any content column (description, tags, ...)")
+        "off", doc="auto: on when the catalog has any content column (description, tags, ...); off "
+                   "by default until the cold-item protocol has measured it against the id-only models")
     buckets: int = _f(1 << 18, lo=2, doc="hash rows of the words and character n-grams")
     id_dropout: float = _f(0.5, lo=0.0, hi=1.0, doc="share of items whose id part each training "
                                                     "step drops, so content alone must carry meaning")
