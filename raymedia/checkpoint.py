@@ -63,11 +63,13 @@ class ModelMeta:
 
     @classmethod
     def new(cls, kind: str, version: str, cfg: Config, vocab: Vocab, asof: dt.date | None = None,
-            parent: ModelMeta | None = None) -> ModelMeta:
+            parent: ModelMeta | None = None, content: dict | None = None) -> ModelMeta:
         """The metadata of a model about to be trained (or, without ``asof``, a random one);
-        with ``parent`` it warm-starts from that model and keeps its full retrain's day."""
+        with ``parent`` it warm-starts from that model and keeps its full retrain's day;
+        ``content``: its content path (``models.content.spec_for``), None for none."""
         day = asof.isoformat() if asof else None
-        meta = cls(kind, version, models.model_kwargs(kind, cfg), cfg.data.history_len, vocab.digest(),
+        kwargs = models.model_kwargs(kind, cfg) | ({"content": content} if content else {})
+        meta = cls(kind, version, kwargs, cfg.data.history_len, vocab.digest(),
                    trained_asof=day, full_asof=day, config_hash=cfg.hash())
         if parent is None:
             return meta

@@ -73,6 +73,19 @@ class StateConfig:
 
 
 @dataclass
+class ContentConfig:
+    """Items as content (``models/content.py``): both models add a content vector, learned
+    from the catalog's text and metadata, to each item's id row, so new items are scored
+    from what they are on their first day."""
+    enabled: Literal["auto", "on", "off"] = _f(
+        "off", doc="auto: on when the catalog has any content column (description, tags, ...); off "
+                   "by default until the cold-item protocol has measured it against the id-only models")
+    buckets: int = _f(1 << 18, lo=2, doc="hash rows of the words and character n-grams")
+    id_dropout: float = _f(0.5, lo=0.0, hi=1.0, doc="share of items whose id part each training "
+                                                    "step drops, so content alone must carry meaning")
+
+
+@dataclass
 class TwoTowerConfig:
     dim: int = _f(64, lo=4)
     hidden: int = _f(128, lo=4)
@@ -198,6 +211,7 @@ class RayConfig:
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     state: StateConfig = field(default_factory=StateConfig)
+    content: ContentConfig = field(default_factory=ContentConfig)
     two_tower: TwoTowerConfig = field(default_factory=TwoTowerConfig)
     sequence: SequenceConfig = field(default_factory=SequenceConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

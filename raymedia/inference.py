@@ -24,6 +24,7 @@ from raymedia.cluster import cluster_gpus
 from raymedia.config import Config
 from raymedia.data import read
 from raymedia.data.vocab import Vocab
+from raymedia.models.content import ContentTokens, catalog_tokens
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -32,10 +33,13 @@ _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 class ScoringContext:
     """Which published models (kind -> URI) score, as of which day (``YYYY-MM-DD``), over
     which vocabulary: the run's (the models' own extended with items published since they
-    were trained), or None for the models' own."""
+    were trained), or None for the models' own; ``content``: that vocabulary's tokens from
+    the day's catalog, tokenized once on the driver for every actor (None: an actor whose
+    models have a content path reads the catalog itself)."""
     model_uris: Mapping[str, str]
     asof: str
     vocab: Vocab | None = None
+    content: ContentTokens | None = None    # the vocabulary's content (models with a content path)
 
     def recommendable(self, catalog_uri: str) -> np.ndarray:
         """One bool per vocabulary index: available and published at ``asof`` in the catalog
@@ -78,10 +82,16 @@ class LoadedModels:
         self.vocab = context.vocab or own
         if self.vocab.digest(own.size) != own.digest():
             raise ValueError("the run's vocabulary does not extend the models' vocabulary")
+        content = context.content
+        needs = [m.model.item_content.spec.buckets for m in self.models.values() if m.model.item_content]
+        if content is None and needs:       # a context made without it: this actor tokenizes
+            content = catalog_tokens(read.read_catalog(cfg.data.catalog_uri), self.vocab.item_ids, needs[0])
+        has_content = None if content is None else torch.as_tensor(content.has_content)
         for m in self.models.values():
+            m.model.set_content(content)                # the day's content, new items included
             if self.vocab.size > own.size:
                 models.grow_items(m.model, torch.tensor(self.vocab.item_category),
-                                  torch.tensor(self.vocab.popularity))
+                                  torch.tensor(self.vocab.popularity), has_content)
                 m.model.to(self.device)
             m.model.double()            # this actor's own copy: float64, see the module doc
         if self.device == "cuda":       # the candidate bound assumes float32 accumulation

@@ -22,6 +22,7 @@ from raymedia.data.vocab import Vocab
 from raymedia.evaluate import EvalInputs, evaluate
 from raymedia.inference import ScoringContext, actor_pool
 from raymedia.kinds import KINDS as MODEL_KINDS
+from raymedia.models.content import ContentTokens, run_tokens
 from raymedia.score import Scorer
 from raymedia.train import train
 from raymedia.writer import RunWriter, write_batch
@@ -84,6 +85,7 @@ class Inputs:
     state_files: list[str]
     state_info: dict
     seconds: dict[str, float]       # per stage
+    content: ContentTokens | None = None    # the vocabulary's content, from the day's catalog
 
 
 def run_uri(cfg: Config, day: dt.date, run_id: str) -> str:
@@ -219,6 +221,8 @@ def prepare(cfg: Config, day: dt.date, run_id: str, base: Vocab | None = None,
     with _timed(seconds, "vocabulary"):
         vocab = Vocab.build(catalog, written.items["item_id"] if learn_items else no_items, asof_us, base,
                             None if keep_popularity else written.items)
+    with _timed(seconds, "content"):
+        content = run_tokens(catalog, vocab.item_ids, cfg.content.enabled, cfg.content.buckets)
     histories = state.histories(out, written.files, vocab, state_len(cfg), seen_from(cfg, day))
     if reuse_histories:
         with _timed(seconds, "histories"):
@@ -228,7 +232,7 @@ def prepare(cfg: Config, day: dt.date, run_id: str, base: Vocab | None = None,
             "length": state_len(cfg), "format": state.FORMAT, "users": written.users,
             "new_items": vocab.size - base.size if base is not None else 0}
     return Inputs(day, run_id, out, src.partitions, vocab, histories, stats,
-                  list(written.files), info, seconds)
+                  list(written.files), info, seconds, content)
 
 
 @dataclass
@@ -263,7 +267,8 @@ def train_all(cfg: Config, inputs: Inputs, plan: TrainPlan, secs: dict) -> dict[
         parents = {kind: (None if plan.parent is None else
                           checkpoint.version_uri(cfg.output.models_uri, kind, plan.parent.rsplit("/", 1)[1]))
                    for kind in cfg.model_names()}
-        return {kind: train(kind, cfg, inputs.histories, inputs.vocab, inputs.day, version, parents[kind])
+        return {kind: train(kind, cfg, inputs.histories, inputs.vocab, inputs.day, version, parents[kind],
+                            content=inputs.content)
                 for kind in cfg.model_names()}
 
 
@@ -338,7 +343,7 @@ def _produce(cfg: Config, day: dt.date, sink: RunWriter, train_models: bool,
     generated_at = dt.datetime.now(dt.timezone.utc).isoformat()
     verified = {k: checkpoint.verify(u) for k, u in model_uris.items()}   # TamperedCheckpoint
     versions = {k: v["version"] for k, v in verified.items()}
-    context = ScoringContext(model_uris, day.isoformat(), inputs.vocab)
+    context = ScoringContext(model_uris, day.isoformat(), inputs.vocab, inputs.content)
     with _timed(secs, "score"):
         written = score_histories(cfg, inputs.histories, context, inputs.run_uri,
                                   versions[cfg.score.recommender], generated_at)

@@ -40,6 +40,7 @@ from raymedia.checkpoint import ModelMeta
 from raymedia.cluster import cluster_gpus
 from raymedia.config import Config
 from raymedia.data.vocab import Vocab
+from raymedia.models.content import ContentTokens, spec_for
 from raymedia.schema import US_PER_DAY
 
 log = logging.getLogger(__name__)
@@ -149,6 +150,7 @@ class TrainSettings:
     warmup_steps: int
     exclude_seen: bool
     steps_per_epoch: int
+    content: ContentTokens | None = None     # the vocabulary's content tokens (models/content.py)
 
 
 def _loop(config: dict) -> None:
@@ -166,11 +168,13 @@ def _loop(config: dict) -> None:
     model = models.build(meta.kind, meta.kwargs, vocab.size, vocab.num_categories,
                          meta.max_len, torch.as_tensor(vocab.item_category),
                          torch.as_tensor(vocab.popularity))
+    model.set_content(s.content)
     resume = ray.train.get_checkpoint()
     if s.parent and not resume:
         # warm start: the parent's weights, its item table grown for the new items
         parent = checkpoint.load(s.parent)
-        models.grow_items(parent.model, torch.as_tensor(vocab.item_category), torch.as_tensor(vocab.popularity))
+        models.grow_items(parent.model, torch.as_tensor(vocab.item_category), torch.as_tensor(vocab.popularity),
+                          None if s.content is None else torch.as_tensor(s.content.has_content))
         model.load_state_dict(parent.model.state_dict())
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     start, history, best_state = 0, [], None
@@ -258,8 +262,12 @@ def _loop(config: dict) -> None:
 
 
 def train(kind: str, cfg: Config, histories: ray.data.Dataset, vocab: Vocab, asof: dt.date,
-          version: str, parent: str | None = None, callbacks: list | None = None) -> str:
+          version: str, parent: str | None = None, callbacks: list | None = None,
+          content: ContentTokens | None = None) -> str:
     """Train one model on the histories; returns the published model URI.
+
+    With ``content`` (the vocabulary's tokens from the catalog) the model gets a content
+    path: item vectors = id row + content vector (``models/content.py``).
 
     With ``parent`` (a published model of the same kind whose vocabulary
     ``vocab`` extends) training warm-starts from it for ``train.warm_epochs``.
@@ -270,7 +278,8 @@ def train(kind: str, cfg: Config, histories: ray.data.Dataset, vocab: Vocab, aso
     from ray.train.torch import TorchTrainer
 
     asof_us = features.day_start_us(asof)
-    meta = ModelMeta.new(kind, version, cfg, vocab, asof, checkpoint.read_meta(parent) if parent else None)
+    meta = ModelMeta.new(kind, version, cfg, vocab, asof, checkpoint.read_meta(parent) if parent else None,
+                         spec_for(content, cfg.content.id_dropout))
     train_root = storage.join(cfg.output.models_uri, "_ray_train")
     fs, path = storage.resolve(train_root)
     fs.create_dir(path, recursive=True)
@@ -287,6 +296,7 @@ def train(kind: str, cfg: Config, histories: ray.data.Dataset, vocab: Vocab, aso
             lr_schedule=cfg.train.lr_schedule, warmup_steps=cfg.train.warmup_steps,
             exclude_seen=cfg.data.exclude_seen,
             steps_per_epoch=math.ceil(histories.count() / cfg.train.num_workers / cfg.train.batch_size),
+            content=content,
         )},
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=gpu,
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker}),

@@ -73,7 +73,8 @@ def _with(data: dict, params: dict) -> dict:
     return data
 
 
-def _trial(params: dict, base: dict, kind: str, histories, vocab, day: dt.date, models_uri: str) -> None:
+def _trial(params: dict, base: dict, kind: str, histories, vocab, day: dt.date, models_uri: str,
+           content=None) -> None:
     """One Tune trial: a full training run whose epochs Tune sees as they end."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -81,7 +82,8 @@ def _trial(params: dict, base: dict, kind: str, histories, vocab, day: dt.date, 
     from raymedia import train
     trial_id = tune.get_context().get_trial_id()
     cfg = config_mod.from_dict(_with(base, {**params, "output.models_uri": storage.join(models_uri, trial_id)}))
-    train.train(kind, cfg, histories, vocab, day, f"tune-{trial_id}", callbacks=[TuneReportCallback()])
+    train.train(kind, cfg, histories, vocab, day, f"tune-{trial_id}", callbacks=[TuneReportCallback()],
+                content=content)
 
 
 def default_parallel(cfg) -> int:
@@ -143,7 +145,8 @@ def tune(events_uri: str, kind: str, budget: int, out: str, catalog_uri: str | N
     tuner = rtune.Tuner(
         rtune.with_resources(rtune.with_parameters(
             _trial, base=cfg.to_dict(), kind=kind, histories=histories,
-            vocab=inputs.vocab, day=day, models_uri=storage.join(out, "trials")), TRIAL_RESOURCES),
+            vocab=inputs.vocab, day=day, models_uri=storage.join(out, "trials"),
+            content=inputs.content), TRIAL_RESOURCES),
         param_space=space,
         tune_config=rtune.TuneConfig(
             metric=METRIC, mode="max", num_samples=budget,

@@ -86,6 +86,7 @@ class ContentTokens:
     offsets: np.ndarray               # (n + 1,) int64
     embedding: np.ndarray | None
     has_content: np.ndarray           # (n,) bool
+    buckets: int = 0                  # the hash rows the ids index
 
     @property
     def n_items(self) -> int:
@@ -109,7 +110,7 @@ def tokenize(catalog: pa.Table, buckets: int) -> ContentTokens:
             emb = np.zeros((len(rows), size), np.float32)
             emb[valid] = np.asarray(col.filter(pa.array(valid)).flatten(), np.float32).reshape(-1, size)
             has |= valid
-    return ContentTokens(np.asarray(ids, np.int64), np.asarray(offsets, np.int64), emb, has)
+    return ContentTokens(np.asarray(ids, np.int64), np.asarray(offsets, np.int64), emb, has, buckets)
 
 
 class ContentEncoder(nn.Module):
@@ -176,6 +177,9 @@ class ItemContent(nn.Module):
         self.set_tokens(ContentTokens(np.zeros(0, np.int64), np.zeros(1, np.int64), None, np.zeros(0, bool)))
 
     def set_tokens(self, tokens: ContentTokens) -> None:
+        if tokens.buckets and tokens.buckets != self.spec.buckets:
+            raise ValueError(f"content tokens hashed into {tokens.buckets} rows, the model has "
+                             f"{self.spec.buckets} (content.buckets changed since it was trained)")
         if tokens.embedding is not None and tokens.embedding.shape[1] != self.spec.embedding_dim:
             raise ValueError(f"the catalog's embeddings have size {tokens.embedding.shape[1]}, the model "
                              f"was built for {self.spec.embedding_dim}")
@@ -219,6 +223,25 @@ class ItemContent(nn.Module):
         return id_rows + self.vectors(idx).to(id_rows.dtype)
 
 
+def spec_for(tokens: ContentTokens | None, id_dropout: float) -> dict | None:
+    """The ``content`` constructor argument of a model trained on ``tokens`` (None: no
+    content path): JSON-able, saved with the model's other arguments."""
+    if tokens is None:
+        return None
+    size = 0 if tokens.embedding is None else int(tokens.embedding.shape[1])
+    return {"buckets": tokens.buckets, "embedding_dim": size, "id_dropout": id_dropout}
+
+
+def run_tokens(catalog: pa.Table, item_ids: pa.Array, enabled: str, buckets: int) -> ContentTokens | None:
+    """A run's content: the tokens of its vocabulary's items from the day's catalog, or None
+    when the run uses none (``content.enabled``: auto = the catalog has a content column)."""
+    from raymedia.schema import CATALOG_CONTENT
+    has_columns = any(c in catalog.column_names for c in CATALOG_CONTENT.names)
+    if enabled == "off" or (enabled == "auto" and not has_columns):
+        return None
+    return catalog_tokens(catalog, item_ids, buckets)
+
+
 class WithContent:
     """For a model with an ``item_emb`` table: item rows are id rows, plus content when the
     model was built with a content path (``content``: ``ContentSpec`` fields)."""
@@ -228,6 +251,15 @@ class WithContent:
 
     def init_content(self, dim: int, content: dict | None) -> None:
         self.item_content = ItemContent(dim, ContentSpec(**content)) if content else None
+
+    def set_content(self, tokens: ContentTokens | None) -> None:
+        """The day's content of every item (a model without a content path ignores it; one
+        with it needs it)."""
+        if self.item_content is not None:
+            if tokens is None:
+                raise ValueError("this model scores items by their content, but the run has none "
+                                 "(a catalog without content columns, or content.enabled=off)")
+            self.item_content.set_tokens(tokens)
 
     def item_rows(self, idx: torch.Tensor) -> torch.Tensor:
         rows = self.item_emb(idx)

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pyarrow as pa
 
-from raymedia import dataset, storage
+from raymedia import checkpoint, dataset, storage
 from raymedia.cli import main
 from raymedia.data import state
 from raymedia.data.importers import import_events
@@ -64,7 +64,8 @@ def test_a_mind_import_runs_from_the_cli_with_string_ids_and_a_content_catalog(t
     summary = json.loads(capsys.readouterr().out)
     sets = [f"data.events_uri={summary['events_uri']}", f"data.catalog_uri={summary['catalog_uri']}",
             "data.lookback_days=3", f"output.uri={out}/scores", f"output.models_uri={out}/models",
-            "train.epochs=1", "data.exclude_seen=false", "score.top_k=5", "ray.progress_bars=false"]
+            "train.epochs=1", "data.exclude_seen=false", "score.top_k=5", "ray.progress_bars=false",
+            "content.enabled=auto"]
     assert main(["run", "--date", summary["next_day"], *[a for s in sets for a in ("--set", s)]]) == 0
     capsys.readouterr()
     assert main(["show", f"{out}/scores", "--dt", summary["next_day"], "--limit", "3"]) == 0
@@ -72,6 +73,10 @@ def test_a_mind_import_runs_from_the_cli_with_string_ids_and_a_content_catalog(t
     assert "generation=1" in shown and "'recommendations': 150" in shown
     recs = storage.read_committed(f"{out}/scores", summary["next_day"], "recommendations")
     assert recs["user_id"].type == pa.string() and recs["items"].type.value_type == pa.string()
+    # the catalog has content columns: both models were trained with a content path
+    for kind in ("two_tower", "sequence"):
+        meta = checkpoint.read_meta(checkpoint.latest(f"{out}/models", kind))
+        assert meta.kwargs["content"]["buckets"] == 1 << 18
     news = {f"N{i}" for i in range(1, 41)}
     assert all(len(r) == 5 and set(r) <= news for r in recs["items"].to_pylist())
 

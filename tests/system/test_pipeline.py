@@ -89,6 +89,7 @@ def test_training_reduces_loss_and_checkpoints_load_without_pickle(trained_run):
         assert all(isinstance(v, torch.Tensor) for v in state.values())
         loaded = checkpoint.load(uri)
         assert loaded.meta.kind == kind and loaded.vocab.size == meta_vocab_size(uri)
+        assert "content" not in meta["kwargs"] and loaded.model.item_content is None   # content.enabled=off
         assert checkpoint.latest(trained_run["cfg"].output.models_uri, kind) == uri
 
 
