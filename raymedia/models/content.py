@@ -133,12 +133,6 @@ class ContentEncoder(nn.Module):
             out = out + self.project(embedding.to(out.dtype))
         return out
 
-    def encode(self, tokens: ContentTokens) -> torch.Tensor:
-        device = self.bag.weight.device
-        emb = None if tokens.embedding is None else torch.as_tensor(tokens.embedding, device=device)
-        return self(torch.as_tensor(tokens.ids, device=device),
-                    torch.as_tensor(tokens.offsets, device=device), emb)
-
 
 def catalog_tokens(catalog: pa.Table, item_ids: pa.Array, buckets: int) -> ContentTokens:
     """Tokens of vocabulary indices 0..n (``item_ids[i]`` has index i + 1, as in ``Vocab``;

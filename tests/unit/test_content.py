@@ -54,11 +54,16 @@ def test_tokenize_lays_out_one_bag_per_item_and_keeps_embeddings():
     assert tok.embedding.tolist() == [[1.0, 2.0], [3.0, 4.0], [0.0, 0.0]]
     assert not tokenize(pa.table({"title": [None, "z"]}), 64).has_content[0]
     enc = ContentEncoder(4, 1024, embedding_dim=2)
-    out = enc.encode(tok)
+    out = _encode(enc, tok)
     assert out.shape == (3, 4)
     # an item's vector depends on its own content only: alone or among others, the same bits
-    alone = enc.encode(tokenize(catalog.slice(2, 1), 1024))
+    alone = _encode(enc, tokenize(catalog.slice(2, 1), 1024))
     assert torch.equal(out[2:], alone)
+
+
+def _encode(enc: ContentEncoder, tok) -> torch.Tensor:
+    emb = None if tok.embedding is None else torch.as_tensor(tok.embedding)
+    return enc(torch.as_tensor(tok.ids), torch.as_tensor(tok.offsets), emb)
 
 
 def _world(seed: int, topics: int = 8, per_topic: int = 30):
