@@ -1,8 +1,9 @@
 # Two commands do all set-up on a fresh machine with Python 3.11:
 #   make demo   -- creates .venv, installs, runs `raymedia demo`
-#   make test   -- same environment plus test extras, runs the tests (not the slow ones)
+#   make test   -- same environment plus test extras, runs the tests (not the slow ones, not the image's)
 #   make test-unit -- the unit room only (no Ray, no servers, no training: seconds)
 #   make test-slow -- the slow fault tests only
+#   make test-image -- the cluster image's install and job (pip installs ray[all] and torch: ~5 min)
 # torch is installed first, pinned, so pip never resolves a CUDA build on a CPU machine.
 
 PYTHON ?= python3
@@ -13,7 +14,7 @@ TORCH  ?= torch==2.13.0
 IMAGE ?= raymedia:0.1.0
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-unit test-slow bench install clean image redis
+.PHONY: demo test test-unit test-slow test-image bench install clean image redis
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,10 +37,14 @@ redis:
 	  || { echo "redis-server is missing and could not be installed: apt-get install redis-server"; exit 1; }
 
 test: install redis
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m "not slow and not image" $(PYTEST_ARGS)
 
 test-unit: install
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+# the Dockerfile's steps in a fresh venv, then jobs/nightly.py with it (no Docker needed)
+test-image: install
+	$(BIN)/python -m pytest -m image $(PYTEST_ARGS)
 
 # fault tests that take minutes each (training worker kill, S3 down for good, ...)
 test-slow: install redis

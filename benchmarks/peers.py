@@ -98,7 +98,8 @@ def ray_data_topk(U: np.ndarray, V: np.ndarray, seen: sp.csr_matrix, k: int, bat
     lists = pa.ListArray.from_arrays(pa.array(seen.indptr.astype(np.int32)), pa.array(seen.indices))
     factors = pa.FixedSizeListArray.from_arrays(pa.array(U.ravel()), U.shape[1])
     table = pa.table({"user": np.arange(len(U)), "factors": factors, "seen": lists})
-    ds = ray.data.from_arrow(table).materialize()
+    step = 16 * batch          # many blocks: one block would reach one actor only
+    ds = ray.data.from_arrow([table.slice(lo, step) for lo in range(0, len(U), step)]).materialize()
     t0 = time.perf_counter()
     n = ds.map_batches(FactorScorer, fn_constructor_kwargs={"V": V, "k": k},
                        batch_size=batch, batch_format="pyarrow", num_cpus=1,

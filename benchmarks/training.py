@@ -63,7 +63,7 @@ def ray_train(kind: str, overrides: list[str], inputs, day, workers: int, n: int
     # fractional CPUs: the workers leave a CPU to the Ray Data tasks that feed them (each
     # still runs one torch thread)
     cfg = config.load(None, [*overrides, f"train.num_workers={workers}", "train.cpus_per_worker=0.5"])
-    uri = train.train(kind, cfg, inputs.histories, inputs.vocab, day, f"bench-{kind}-{workers}")
+    uri = train.train([kind], cfg, inputs.histories, inputs.vocab, day, f"bench-{kind}-{workers}")[kind]
     hist = storage.read_json(storage.join(uri, "model.json"))["history"][1:]
     seconds = sum(h["seconds"] for h in hist)
     wait = sum(h["data_wait_s"] for h in hist)

@@ -267,9 +267,8 @@ def train_all(cfg: Config, inputs: Inputs, plan: TrainPlan, secs: dict) -> dict[
         parents = {kind: (None if plan.parent is None else
                           checkpoint.version_uri(cfg.output.models_uri, kind, plan.parent.rsplit("/", 1)[1]))
                    for kind in cfg.model_names()}
-        return {kind: train(kind, cfg, inputs.histories, inputs.vocab, inputs.day, version, parents[kind],
-                            content=inputs.content)
-                for kind in cfg.model_names()}
+        return train(cfg.model_names(), cfg, inputs.histories, inputs.vocab, inputs.day, version, parents,
+                     content=inputs.content)
 
 
 def train_day(cfg: Config, day: dt.date) -> dict[str, str]:

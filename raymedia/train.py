@@ -2,9 +2,13 @@
 
 The driver hands the training rows in as a Ray Dataset; each worker reads its
 shard with ``get_dataset_shard`` and trains a DDP-wrapped model
-(``prepare_model``; CUDA when the cluster has GPUs, gloo on CPU). Rank 0
-reports a checkpoint every epoch, so a restarted run resumes from the latest
-one. The finished checkpoint is published to the model registry.
+(``prepare_model``; CUDA when the cluster has GPUs, gloo on CPU). One Ray Train
+run trains every model of the night, one after the other, on the same worker
+group: starting a worker group and its dataset feed is a fixed cost (about 15 s
+on 2 cores), paid once a night instead of once per model. Rank 0 reports a
+checkpoint every epoch and publishes each model to the registry as soon as it is
+finished, so a restarted run skips the published models and resumes the one in
+progress from its latest checkpoint.
 
 Early stopping: after each epoch every worker ranks the validation targets of its
 shard (``features.validation_users``: each one's second-to-last event, held out of
@@ -28,6 +32,7 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -136,6 +141,7 @@ class TrainSettings:
     """Everything one training run's workers need, built by ``train`` on the driver and
     handed to each worker as one value of Ray Train's ``train_loop_config``."""
     meta: ModelMeta
+    models_uri: str                 # the registry rank 0 publishes the finished model to
     vocab: pa.Table                 # ``Vocab.to_table()``: plain Arrow travels to the workers
     parent: str | None              # the published model a warm start begins from
     epochs: int
@@ -154,12 +160,26 @@ class TrainSettings:
 
 
 def _loop(config: dict) -> None:
-    """Per-worker training loop (runs inside a Ray Train worker); ``config["settings"]``
-    is the run's ``TrainSettings``."""
+    """Per-worker training loop (runs inside a Ray Train worker): ``config["plan"]`` holds
+    one ``TrainSettings`` per model, trained in order. A model already in the registry was
+    finished before a restart; the run's checkpoint belongs to the model in progress."""
+    import ray.train
+
+    resume = ray.train.get_checkpoint()
+    resumed = None
+    if resume:
+        with resume.as_directory() as d:
+            resumed = checkpoint.read_meta(d).kind
+    for s in config["plan"]:
+        if not storage.exists(checkpoint.record_uri(s.models_uri, s.meta.kind, s.meta.version)):
+            _fit(s, resume if resumed == s.meta.kind else None)
+
+
+def _fit(s: TrainSettings, resume) -> None:
+    """Train one model (from ``resume``, its latest checkpoint, after a restart) and publish it."""
     import ray.train
     import ray.train.torch
 
-    s: TrainSettings = config["settings"]
     rank = ray.train.get_context().get_world_rank()
     torch.manual_seed(s.seed + rank)
     torch.set_num_threads(s.threads)
@@ -169,7 +189,6 @@ def _loop(config: dict) -> None:
                          meta.max_len, torch.as_tensor(vocab.item_category),
                          torch.as_tensor(vocab.popularity))
     model.set_content(s.content)
-    resume = ray.train.get_checkpoint()
     if s.parent and not resume:
         # warm start: the parent's weights, its item table grown for the new items
         parent = checkpoint.load(s.parent)
@@ -187,7 +206,12 @@ def _loop(config: dict) -> None:
             best_state = {k: v for k, v in best.items() if not k.startswith("__")}
             opt.load_state_dict(torch.load(os.path.join(d, OPTIMIZER), weights_only=True))
             start = int(state["__epoch"]) + 1
+            stopped = checkpoint.read_meta(d).stopped_early
             history = list(checkpoint.read_meta(d).history)
+            if (stopped or start >= s.epochs) and rank == 0:      # finished, not yet published
+                checkpoint.publish(d, s.models_uri, meta.kind, meta.version)
+        if stopped or start >= s.epochs:
+            return
     inner = model
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
@@ -257,62 +281,74 @@ def _loop(config: dict) -> None:
                 torch.save(opt.state_dict(), os.path.join(d, OPTIMIZER))
                 ckpt = ray.train.Checkpoint.from_directory(d)
             ray.train.report({k: v for k, v in report.items() if v is not None}, checkpoint=ckpt)
+            if rank == 0 and (stop or epoch + 1 == epochs):
+                checkpoint.publish(d, s.models_uri, meta.kind, meta.version)
         if stop:
             break
 
 
-def train(kind: str, cfg: Config, histories: ray.data.Dataset, vocab: Vocab, asof: dt.date,
-          version: str, parent: str | None = None, callbacks: list | None = None,
-          content: ContentTokens | None = None) -> str:
-    """Train one model on the histories; returns the published model URI.
+def train(kinds: Sequence[str], cfg: Config, histories: ray.data.Dataset, vocab: Vocab, asof: dt.date,
+          version: str, parents: Mapping[str, str | None] | None = None, callbacks: list | None = None,
+          content: ContentTokens | None = None) -> dict[str, str]:
+    """Train the models of ``kinds`` on the histories in one Ray Train run (one after the
+    other on one worker group); returns {kind: published model URI}.
 
-    With ``content`` (the vocabulary's tokens from the catalog) the model gets a content
+    With ``content`` (the vocabulary's tokens from the catalog) the models get a content
     path: item vectors = id row + content vector (``models/content.py``).
 
-    With ``parent`` (a published model of the same kind whose vocabulary
-    ``vocab`` extends) training warm-starts from it for ``train.warm_epochs``.
+    With ``parents[kind]`` (a published model of the same kind whose vocabulary
+    ``vocab`` extends) that model warm-starts from it for ``train.warm_epochs``.
     ``callbacks`` are Ray Train callbacks (``raymedia tune`` passes Tune's
     ``TuneReportCallback``, which hands each epoch's report to the trial).
     """
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    parents = parents or {}
     asof_us = features.day_start_us(asof)
-    meta = ModelMeta.new(kind, version, cfg, vocab, asof, checkpoint.read_meta(parent) if parent else None,
-                         spec_for(content, cfg.content.id_dropout))
+    steps = math.ceil(histories.count() / cfg.train.num_workers / cfg.train.batch_size)
+    plan = tuple(_settings(kind, cfg, vocab, asof, version, parents.get(kind), steps, content) for kind in kinds)
     train_root = storage.join(cfg.output.models_uri, "_ray_train")
     fs, path = storage.resolve(train_root)
     fs.create_dir(path, recursive=True)
     gpu = use_gpu(cfg)
     trainer = TorchTrainer(
         _loop,
-        train_loop_config={"settings": TrainSettings(
-            meta=meta, vocab=vocab.to_table(), parent=parent,
-            epochs=cfg.train.warm_epochs if parent else cfg.train.epochs,
-            batch_size=cfg.train.batch_size, lr=cfg.train.lr,
-            weight_decay=cfg.train.weight_decay, seed=cfg.train.seed,
-            time_budget_s=0.0 if parent else cfg.train.time_budget_s,
-            threads=max(1, int(cfg.train.cpus_per_worker)), patience=cfg.train.patience,
-            lr_schedule=cfg.train.lr_schedule, warmup_steps=cfg.train.warmup_steps,
-            exclude_seen=cfg.data.exclude_seen,
-            steps_per_epoch=math.ceil(histories.count() / cfg.train.num_workers / cfg.train.batch_size),
-            content=content,
-        )},
+        train_loop_config={"plan": plan},
         scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=gpu,
                                      resources_per_worker={"CPU": cfg.train.cpus_per_worker}),
         datasets={"train": training_rows(histories, cfg, asof_us)},
         run_config=RunConfig(
-            name=f"{kind}-{version}", storage_path=path,
+            name="-".join([*kinds, version]), storage_path=path,
             storage_filesystem=None if storage.is_local(train_root) else fs,
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             failure_config=FailureConfig(max_failures=2),
             logging_config=LoggingConfig(log_level="WARNING"), callbacks=callbacks),
     )
-    log.info("training %s (%d worker(s), gpu=%s, at most %d epochs%s)", kind, cfg.train.num_workers,
-             gpu, cfg.train.warm_epochs if parent else cfg.train.epochs,
-             f" or {cfg.train.time_budget_s:g}s" if cfg.train.time_budget_s and not parent else "")
+    for s in plan:
+        log.info("training %s (%d worker(s), gpu=%s, at most %d epochs%s)", s.meta.kind,
+                 cfg.train.num_workers, gpu, s.epochs,
+                 f" or {s.time_budget_s:g}s" if s.time_budget_s else "")
     result = trainer.fit()
-    if result.checkpoint is None:
-        raise RuntimeError(f"training {kind} produced no checkpoint: {result.error}")
-    with result.checkpoint.as_directory() as d:
-        return checkpoint.publish(d, cfg.output.models_uri, kind, version)
+    uris = {}
+    for kind in kinds:
+        if not storage.exists(checkpoint.record_uri(cfg.output.models_uri, kind, version)):
+            raise RuntimeError(f"training {kind} published no model: {result.error}")
+        uris[kind] = checkpoint.version_uri(cfg.output.models_uri, kind, version)
+    return uris
+
+
+def _settings(kind: str, cfg: Config, vocab: Vocab, asof: dt.date, version: str, parent: str | None,
+              steps_per_epoch: int, content: ContentTokens | None) -> TrainSettings:
+    """One model's ``TrainSettings`` (a warm start runs ``train.warm_epochs``, no time budget)."""
+    return TrainSettings(
+        meta=ModelMeta.new(kind, version, cfg, vocab, asof, checkpoint.read_meta(parent) if parent else None,
+                           spec_for(content, cfg.content.id_dropout)),
+        models_uri=cfg.output.models_uri, vocab=vocab.to_table(), parent=parent,
+        epochs=cfg.train.warm_epochs if parent else cfg.train.epochs,
+        batch_size=cfg.train.batch_size, lr=cfg.train.lr,
+        weight_decay=cfg.train.weight_decay, seed=cfg.train.seed,
+        time_budget_s=0.0 if parent else cfg.train.time_budget_s,
+        threads=max(1, int(cfg.train.cpus_per_worker)), patience=cfg.train.patience,
+        lr_schedule=cfg.train.lr_schedule, warmup_steps=cfg.train.warmup_steps,
+        exclude_seen=cfg.data.exclude_seen, steps_per_epoch=steps_per_epoch, content=content)

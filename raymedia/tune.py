@@ -82,7 +82,7 @@ def _trial(params: dict, base: dict, kind: str, histories, vocab, day: dt.date, 
     from raymedia import train
     trial_id = tune.get_context().get_trial_id()
     cfg = config_mod.from_dict(_with(base, {**params, "output.models_uri": storage.join(models_uri, trial_id)}))
-    train.train(kind, cfg, histories, vocab, day, f"tune-{trial_id}", callbacks=[TuneReportCallback()],
+    train.train([kind], cfg, histories, vocab, day, f"tune-{trial_id}", callbacks=[TuneReportCallback()],
                 content=content)
 
 

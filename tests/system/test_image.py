@@ -129,7 +129,9 @@ def run_nightly(venv: Path, workdir: Path, tmp_path: Path, env: dict) -> None:
     assert where.stdout.count(str(venv)) == 3, where.stdout + where.stderr
 
 
-# installs ray[all] and torch, then runs a job: minutes; the limit leaves room for a busy machine
+# installs ray[all] and torch, then runs a job: about 5 minutes, so it has its own target
+# (`make test-image`, run by .ci/run after `make test`); the limit leaves room for a busy machine
+@pytest.mark.image
 @pytest.mark.timeout(1800)
 def test_the_dockerfile_installs_everything_the_nightly_job_needs(tmp_path):
     env = clean_env()
