@@ -167,6 +167,22 @@ def test_items_without_a_category_get_one_predicted_from_their_text():
     # a row whose only content is its (missing) category cannot be predicted
     bare = pa.table({"item_id": [1, 2, 3], "title": ["a b", "c d", None], "category": ["x", "y", None]})
     assert fill_categories(bare).category.to_pylist() == ["x", "y", "unknown"]
+    # what a run applies to its catalog and reports; a catalog with every category: nothing to do
+    assert fill.apply(hidden)["category"].to_pylist() == fill.category.to_pylist()
+    assert fill.summary() == {"categories_filled": hide.sum(), "category_accuracy": fill.accuracy,
+                              "category_held_out": fill.held_out}
+    full = fill_categories(catalog)
+    assert (full.predicted, full.accuracy) == (0, None) and full.category.equals(catalog["category"].combine_chunks())
+
+
+def test_a_run_uses_content_when_on_or_when_auto_finds_a_content_column():
+    from raymedia.models.content import in_use, run_tokens
+    plain = pa.table({"item_id": [1, 2], "title": ["a", "b"], "category": ["x", "y"]})
+    rich = plain.append_column("tags", pa.array([["t"], []], pa.list_(pa.string())))
+    assert [in_use(plain, e) for e in ("off", "auto", "on")] == [False, False, True]
+    assert [in_use(rich, e) for e in ("off", "auto", "on")] == [False, True, True]
+    assert run_tokens(plain, pa.array([1, 2]), "auto", 64) is None
+    assert run_tokens(rich, pa.array([2]), "auto", 64).n_items == 2          # padding + item 2
 
 
 @pytest.mark.parametrize("kind", ["two_tower", "sequence"])
