@@ -61,7 +61,7 @@ class RunResult:
     seconds: dict[str, float] = field(default_factory=dict)
     plan: dict = field(default_factory=dict)       # how the user state was built, how training started
     cleanup: storage.Cleanup | None = None         # best-effort removal after the commit point
-    content: dict = field(default_factory=dict)    # the run's content (``Inputs.content_info``); {} when off
+    content: dict = field(default_factory=dict)    # what the run scored with of content (``content_info``)
 
 
 @contextmanager
@@ -88,13 +88,6 @@ class Inputs:
     seconds: dict[str, float]       # per stage
     content: ContentTokens | None = None    # the vocabulary's content, from the day's catalog
     categories: CategoryFill | None = None  # categories predicted for catalog items without one
-
-    def content_info(self) -> dict:
-        """What the run reports of its content (commit details, summary): {} when it used none."""
-        if self.content is None:
-            return {}
-        return {"items_with_content": int(self.content.has_content.sum()), "buckets": self.content.buckets,
-                **(self.categories.summary() if self.categories else {})}
 
 
 def run_uri(cfg: Config, day: dt.date, run_id: str) -> str:
@@ -376,11 +369,19 @@ def _produce(cfg: Config, day: dt.date, sink: RunWriter, train_models: bool,
               "input_rows": inputs.stats.input_rows, "rejected_rows": inputs.stats.rejected_rows}
     result = RunResult(day.isoformat(), run_id, sink.commit_uri, model_uris, metrics, counts, secs,
                        {"state": inputs.state_info, "training": asdict(plan) if plan else None},
-                       content=inputs.content_info())
+                       content=content_info(context.content, inputs.categories))
     sink.write_json("summary", "summary.json", asdict(result))
     return result, sink.manifest(versions, inputs.partitions, cfg.hash(), generated_at,
                                 {"input": asdict(inputs.stats), "state": inputs.state_info, "counts": counts,
                                  "models": verified, **({"content": result.content} if result.content else {})})
+
+
+def content_info(content: ContentTokens | None, categories: CategoryFill | None) -> dict:
+    """What a run reports of its content (commit details, summary): {} when it scored without."""
+    if content is None:
+        return {}
+    return {"items_with_content": int(content.has_content.sum()), "buckets": content.buckets,
+            **(categories.summary() if categories else {})}
 
 
 def score_histories(cfg: Config, histories: ray.data.Dataset, context: ScoringContext, run_uri: str,
