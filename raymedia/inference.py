@@ -109,7 +109,7 @@ class LoadedModels:
         if content is None and any(m.model.item_content is not None for m in self.models.values()):
             raise ValueError(f"models {sorted(context.model_uris)} score items by their content, but the "
                              "ScoringContext carries no content tokens (make it with ScoringContext.build)")
-        has_content = None if content is None else torch.as_tensor(content.has_content)
+        has_content = None if content is None else torch.tensor(content.has_content)
         for m in self.models.values():
             m.model.set_content(content)                # the day's content, new items included
             if self.vocab.size > own.size:

@@ -177,16 +177,16 @@ class ItemContent(nn.Module):
         if tokens.embedding is not None and tokens.embedding.shape[1] != self.spec.embedding_dim:
             raise ValueError(f"the catalog's embeddings have size {tokens.embedding.shape[1]}, the model "
                              f"was built for {self.spec.embedding_dim}")
-        device = self.encoder.bag.weight.device
-        self.register_buffer("ids", torch.as_tensor(tokens.ids, device=device), persistent=False)
-        self.register_buffer("offsets", torch.as_tensor(tokens.offsets, device=device), persistent=False)
+        device = self.encoder.bag.weight.device     # torch.tensor copies: tokens arrive read-only from Ray
+        self.register_buffer("ids", torch.tensor(tokens.ids, device=device), persistent=False)
+        self.register_buffer("offsets", torch.tensor(tokens.offsets, device=device), persistent=False)
         emb = None
         if self.spec.embedding_dim:
             emb = torch.zeros(tokens.n_items, self.spec.embedding_dim) if tokens.embedding is None \
-                else torch.as_tensor(tokens.embedding)
+                else torch.tensor(tokens.embedding)
             emb = emb.to(device)
         self.register_buffer("embedding", emb, persistent=False)
-        self.register_buffer("has_content", torch.as_tensor(tokens.has_content, device=device),
+        self.register_buffer("has_content", torch.tensor(tokens.has_content, device=device),
                              persistent=False)
         self.register_buffer("cached", None, persistent=False)
 
