@@ -12,20 +12,22 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def publish_random_models(cfg, vocab, version: str) -> dict[str, str]:
+def publish_random_models(cfg, vocab, version: str, content: dict | None = None) -> dict[str, str]:
     """Both models, randomly initialised (throughput does not depend on training), published
-    to ``cfg.output.models_uri`` like trained ones; returns their URIs."""
+    to ``cfg.output.models_uri`` like trained ones; returns their URIs. ``content``: their
+    content path (``models.content.spec_for``), None for id-only models."""
     import tempfile
     import torch
     from raymedia import checkpoint, models
     uris = {}
     for kind in models.KINDS:
         torch.manual_seed(0)
-        model = models.build(kind, models.model_kwargs(kind, cfg), vocab.size, vocab.num_categories,
+        meta = checkpoint.ModelMeta.new(kind, version, cfg, vocab, content=content)
+        model = models.build(kind, meta.kwargs, vocab.size, vocab.num_categories,
                              cfg.data.history_len, torch.as_tensor(vocab.item_category),
                              torch.as_tensor(vocab.popularity))
         with tempfile.TemporaryDirectory() as d:
-            checkpoint.save_dir(d, model, checkpoint.ModelMeta.new(kind, version, cfg, vocab), vocab)
+            checkpoint.save_dir(d, model, meta, vocab)
             uris[kind] = checkpoint.publish(d, cfg.output.models_uri, kind, version)
     return uris
 

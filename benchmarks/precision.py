@@ -64,7 +64,8 @@ def main() -> None:
         for precision in ("fp32", "bf16", "fp16"):
             c = dataclasses.replace(cfg, score=dataclasses.replace(cfg.score, precision=precision,
                                                                    recommender=rec))
-            scorer = Scorer(ScoringContext(result.model_uris, day.isoformat(), inputs.vocab), c)
+            scorer = Scorer(ScoringContext.build(result.model_uris, day.isoformat(), inputs.vocab,
+                                                 c.data.catalog_uri, inputs.content), c)
             batches = [scorer.inputs(table.slice(s, 1024), "score")[1] for s in range(0, table.num_rows, 1024)]
             t0 = time.perf_counter()
             top[precision] = np.concatenate([scorer.compute(x)["idx"].numpy() for x in batches])

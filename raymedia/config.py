@@ -244,6 +244,8 @@ def _check(value: Any, tp: Any, name: str) -> Any:
         return _check(value, args[0], name)
     if origin is Literal:
         choices = typing.get_args(tp)
+        if isinstance(value, bool) and {"on", "off"} <= set(choices):    # YAML 1.1 reads on/off as booleans
+            value = "on" if value else "off"
         if value not in choices:
             raise ConfigError(f"{name} must be one of {list(choices)}, got {value!r}")
         return value

@@ -2,10 +2,12 @@
 evaluation actors (``evaluate.Evaluator``) share.
 
 The driver hands each actor one ``ScoringContext`` (which models, as of which day, over
-which vocabulary); ``LoadedModels`` loads them once per actor, on the actor's GPU when it
-has one, as a float64 copy whose outputs are rounded to float32 (``score``'s module doc:
-results do not depend on the batch), and precomputes the item matrices. ``actor_pool``
-is how both stages ask Ray Data for such actors.
+which vocabulary, with that vocabulary's content tokens, made once per run on the driver);
+``LoadedModels`` loads them once per actor, on the actor's GPU when it has one, as a
+float64 copy whose outputs are rounded to float32 (``score``'s module doc: results do not
+depend on the batch), and precomputes the item matrices and the items' content vectors
+(once per actor, not per batch of users). ``actor_pool`` is how both stages ask Ray Data
+for such actors.
 """
 
 from __future__ import annotations
@@ -34,12 +36,33 @@ class ScoringContext:
     """Which published models (kind -> URI) score, as of which day (``YYYY-MM-DD``), over
     which vocabulary: the run's (the models' own extended with items published since they
     were trained), or None for the models' own; ``content``: that vocabulary's tokens from
-    the day's catalog, tokenized once on the driver for every actor (None: an actor whose
-    models have a content path reads the catalog itself)."""
+    the day's catalog, tokenized once on the driver for every actor; None when no model has
+    a content path. ``build`` makes one that fits its models."""
     model_uris: Mapping[str, str]
     asof: str
     vocab: Vocab | None = None
     content: ContentTokens | None = None    # the vocabulary's content (models with a content path)
+
+    @classmethod
+    def build(cls, model_uris: Mapping[str, str], asof: str, vocab: Vocab | None, catalog_uri: str,
+              content: ContentTokens | None = None) -> ScoringContext:
+        """The context of ``model_uris`` with the content tokens their content path needs:
+        ``content`` (the run's, from ``pipeline.prepare``) when it was hashed as the models
+        were, else the vocabulary's tokens from the catalog, made here, once; None when no
+        model has a content path (a run with content.enabled=off scoring with models that
+        have one still gets them)."""
+        wanted = {checkpoint.read_meta(u).kwargs.get("content", {}).get("buckets") for u in model_uris.values()}
+        wanted.discard(None)
+        if not wanted:
+            return cls(model_uris, asof, vocab, None)
+        if len(wanted) > 1:
+            raise ValueError(f"models {sorted(model_uris)} hash content into different numbers of rows "
+                             f"{sorted(wanted)}; one run gives all of them the same tokens")
+        buckets = wanted.pop()
+        vocab = vocab or checkpoint.load_vocab(next(iter(model_uris.values())))
+        if content is None or content.buckets != buckets or content.n_items != vocab.size:
+            content = catalog_tokens(read.read_catalog(catalog_uri), vocab.item_ids, buckets)
+        return cls(model_uris, asof, vocab, content)
 
     def recommendable(self, catalog_uri: str) -> np.ndarray:
         """One bool per vocabulary index: available and published at ``asof`` in the catalog
@@ -83,10 +106,10 @@ class LoadedModels:
         if self.vocab.digest(own.size) != own.digest():
             raise ValueError("the run's vocabulary does not extend the models' vocabulary")
         content = context.content
-        needs = [m.model.item_content.spec.buckets for m in self.models.values() if m.model.item_content]
-        if content is None and needs:       # a context made without it: this actor tokenizes
-            content = catalog_tokens(read.read_catalog(cfg.data.catalog_uri), self.vocab.item_ids, needs[0])
-        has_content = None if content is None else torch.as_tensor(content.has_content)
+        if content is None and any(m.model.item_content is not None for m in self.models.values()):
+            raise ValueError(f"models {sorted(context.model_uris)} score items by their content, but the "
+                             "ScoringContext carries no content tokens (make it with ScoringContext.build)")
+        has_content = None if content is None else torch.tensor(content.has_content)
         for m in self.models.values():
             m.model.set_content(content)                # the day's content, new items included
             if self.vocab.size > own.size:
@@ -94,6 +117,7 @@ class LoadedModels:
                                   torch.tensor(self.vocab.popularity), has_content)
                 m.model.to(self.device)
             m.model.double()            # this actor's own copy: float64, see the module doc
+            m.model.cache_content()     # every item's content vector, once per actor, in float64
         if self.device == "cuda":       # the candidate bound assumes float32 accumulation
             torch.backends.cuda.matmul.allow_tf32 = False
             torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction = False

@@ -76,7 +76,7 @@ def run(events_uri: str, out: str, model: str = "all", exclude_seen: bool = True
     if temporal:
         histories, test_info = _with_test_day_targets(inputs.histories, events_uri, day, inputs.vocab)
     with pipeline._timed(secs, "evaluate"):
-        context = ScoringContext(uris, day.isoformat(), inputs.vocab, inputs.content)
+        context = ScoringContext.build(uris, day.isoformat(), inputs.vocab, cfg.data.catalog_uri, inputs.content)
         metrics = ev.evaluate(histories, ev.EvalInputs(context, protocol), cfg)
     metrics.update(test_info)
     metrics["training"] = {k: list(checkpoint.read_meta(u).history) for k, u in uris.items()}

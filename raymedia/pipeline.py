@@ -22,7 +22,7 @@ from raymedia.data.vocab import Vocab
 from raymedia.evaluate import EvalInputs, evaluate
 from raymedia.inference import ScoringContext, actor_pool
 from raymedia.kinds import KINDS as MODEL_KINDS
-from raymedia.models.content import ContentTokens, run_tokens
+from raymedia.models.content import CategoryFill, ContentTokens, fill_categories, in_use, run_tokens
 from raymedia.score import Scorer
 from raymedia.train import train
 from raymedia.writer import RunWriter, write_batch
@@ -61,6 +61,7 @@ class RunResult:
     seconds: dict[str, float] = field(default_factory=dict)
     plan: dict = field(default_factory=dict)       # how the user state was built, how training started
     cleanup: storage.Cleanup | None = None         # best-effort removal after the commit point
+    content: dict = field(default_factory=dict)    # what the run scored with of content (``content_info``)
 
 
 @contextmanager
@@ -86,6 +87,7 @@ class Inputs:
     state_info: dict
     seconds: dict[str, float]       # per stage
     content: ContentTokens | None = None    # the vocabulary's content, from the day's catalog
+    categories: CategoryFill | None = None  # categories predicted for catalog items without one
 
 
 def run_uri(cfg: Config, day: dt.date, run_id: str) -> str:
@@ -209,6 +211,11 @@ def prepare(cfg: Config, day: dt.date, run_id: str, base: Vocab | None = None,
     src = state_source(cfg, day, rebuild_state)
     catalog = read.read_catalog(cfg.data.catalog_uri)          # refused before any work
     init_ray(cfg)
+    categories = None
+    if in_use(catalog, cfg.content.enabled):    # items without a category get one from their text
+        with _timed(seconds, "categories"):
+            categories = fill_categories(catalog)
+            catalog = categories.apply(catalog)
     out = run_uri(cfg, day, run_id)
     asof_us = features.day_start_us(day)
     no_items = pa.array([], catalog["item_id"].type)
@@ -232,7 +239,7 @@ def prepare(cfg: Config, day: dt.date, run_id: str, base: Vocab | None = None,
             "length": state_len(cfg), "format": state.FORMAT, "users": written.users,
             "new_items": vocab.size - base.size if base is not None else 0}
     return Inputs(day, run_id, out, src.partitions, vocab, histories, stats,
-                  list(written.files), info, seconds, content)
+                  list(written.files), info, seconds, content, categories)
 
 
 @dataclass
@@ -342,7 +349,7 @@ def _produce(cfg: Config, day: dt.date, sink: RunWriter, train_models: bool,
     generated_at = dt.datetime.now(dt.timezone.utc).isoformat()
     verified = {k: checkpoint.verify(u) for k, u in model_uris.items()}   # TamperedCheckpoint
     versions = {k: v["version"] for k, v in verified.items()}
-    context = ScoringContext(model_uris, day.isoformat(), inputs.vocab, inputs.content)
+    context = ScoringContext.build(model_uris, day.isoformat(), inputs.vocab, cfg.data.catalog_uri, inputs.content)
     with _timed(secs, "score"):
         written = score_histories(cfg, inputs.histories, context, inputs.run_uri,
                                   versions[cfg.score.recommender], generated_at)
@@ -360,11 +367,20 @@ def _produce(cfg: Config, day: dt.date, sink: RunWriter, train_models: bool,
               "state_users": inputs.state_info["users"], "input_partitions": len(inputs.partitions),
               "input_rows": inputs.stats.input_rows, "rejected_rows": inputs.stats.rejected_rows}
     result = RunResult(day.isoformat(), run_id, sink.commit_uri, model_uris, metrics, counts, secs,
-                       {"state": inputs.state_info, "training": asdict(plan) if plan else None})
+                       {"state": inputs.state_info, "training": asdict(plan) if plan else None},
+                       content=content_info(context.content, inputs.categories))
     sink.write_json("summary", "summary.json", asdict(result))
     return result, sink.manifest(versions, inputs.partitions, cfg.hash(), generated_at,
                                 {"input": asdict(inputs.stats), "state": inputs.state_info, "counts": counts,
-                                 "models": verified})
+                                 "models": verified, **({"content": result.content} if result.content else {})})
+
+
+def content_info(content: ContentTokens | None, categories: CategoryFill | None) -> dict:
+    """What a run reports of its content (commit details, summary): {} when it scored without."""
+    if content is None:
+        return {}
+    return {"items_with_content": int(content.has_content.sum()), "buckets": content.buckets,
+            **(categories.summary() if categories else {})}
 
 
 def score_histories(cfg: Config, histories: ray.data.Dataset, context: ScoringContext, run_uri: str,

@@ -177,17 +177,25 @@ class ItemContent(nn.Module):
         if tokens.embedding is not None and tokens.embedding.shape[1] != self.spec.embedding_dim:
             raise ValueError(f"the catalog's embeddings have size {tokens.embedding.shape[1]}, the model "
                              f"was built for {self.spec.embedding_dim}")
-        device = self.encoder.bag.weight.device
-        self.register_buffer("ids", torch.as_tensor(tokens.ids, device=device), persistent=False)
-        self.register_buffer("offsets", torch.as_tensor(tokens.offsets, device=device), persistent=False)
+        device = self.encoder.bag.weight.device     # torch.tensor copies: tokens arrive read-only from Ray
+        self.register_buffer("ids", torch.tensor(tokens.ids, device=device), persistent=False)
+        self.register_buffer("offsets", torch.tensor(tokens.offsets, device=device), persistent=False)
         emb = None
         if self.spec.embedding_dim:
             emb = torch.zeros(tokens.n_items, self.spec.embedding_dim) if tokens.embedding is None \
-                else torch.as_tensor(tokens.embedding)
+                else torch.tensor(tokens.embedding)
             emb = emb.to(device)
         self.register_buffer("embedding", emb, persistent=False)
-        self.register_buffer("has_content", torch.as_tensor(tokens.has_content, device=device),
+        self.register_buffer("has_content", torch.tensor(tokens.has_content, device=device),
                              persistent=False)
+        self.register_buffer("cached", None, persistent=False)
+
+    def cache(self) -> None:
+        """Inference: every item's content vector computed once, here, in the module's
+        current dtype, so a batch of users gathers its items' rows instead of encoding
+        their tokens again. Used while the module is in eval mode; new tokens drop it."""
+        with torch.no_grad():
+            self.cached = self.vectors(torch.arange(len(self.has_content), device=self.has_content.device))
 
     def vectors(self, idx: torch.Tensor) -> torch.Tensor:
         """Content vectors of item indices ``idx`` (any shape); zero for items without content
@@ -196,6 +204,8 @@ class ItemContent(nn.Module):
         n = len(self.has_content)
         inside = flat < n
         safe = torch.where(inside, flat, torch.zeros_like(flat))
+        if self.cached is not None and not self.training:   # an item's vector is its own: the same bits
+            return (self.cached[safe] * inside.unsqueeze(1).to(self.cached.dtype)).reshape(*idx.shape, -1)
         starts, ends = self.offsets[safe], self.offsets[safe + 1]
         lengths = torch.where(inside, ends - starts, torch.zeros_like(starts))
         # the chosen items' token rows, one bag after another
@@ -226,14 +236,17 @@ def spec_for(tokens: ContentTokens | None, id_dropout: float) -> dict | None:
     return {"buckets": tokens.buckets, "embedding_dim": size, "id_dropout": id_dropout}
 
 
-def run_tokens(catalog: pa.Table, item_ids: pa.Array, enabled: str, buckets: int) -> ContentTokens | None:
-    """A run's content: the tokens of its vocabulary's items from the day's catalog, or None
-    when the run uses none (``content.enabled``: auto = the catalog has a content column)."""
+def in_use(catalog: pa.Table, enabled: str) -> bool:
+    """Whether a run uses content (``content.enabled``: auto = the catalog has a content column)."""
     from raymedia.schema import CATALOG_CONTENT
     has_columns = any(c in catalog.column_names for c in CATALOG_CONTENT.names)
-    if enabled == "off" or (enabled == "auto" and not has_columns):
-        return None
-    return catalog_tokens(catalog, item_ids, buckets)
+    return enabled == "on" or (enabled == "auto" and has_columns)
+
+
+def run_tokens(catalog: pa.Table, item_ids: pa.Array, enabled: str, buckets: int) -> ContentTokens | None:
+    """A run's content: the tokens of its vocabulary's items from the day's catalog, or None
+    when the run uses none (``in_use``)."""
+    return catalog_tokens(catalog, item_ids, buckets) if in_use(catalog, enabled) else None
 
 
 class WithContent:
@@ -254,6 +267,12 @@ class WithContent:
                 raise ValueError("this model scores items by their content, but the run has none "
                                  "(a catalog without content columns, or content.enabled=off)")
             self.item_content.set_tokens(tokens)
+
+    def cache_content(self) -> None:
+        """Inference: the content vector of every item computed once (``ItemContent.cache``),
+        not per batch of users; call it after the last change of dtype or tokens."""
+        if self.item_content is not None:
+            self.item_content.cache()
 
     def item_rows(self, idx: torch.Tensor) -> torch.Tensor:
         rows = self.item_emb(idx)
@@ -276,6 +295,15 @@ class CategoryFill:
     accuracy: float | None
     held_out: int
 
+    def apply(self, catalog: pa.Table) -> pa.Table:
+        """``catalog`` with these categories (the vocabulary and the models take them from it)."""
+        return catalog.set_column(catalog.schema.get_field_index("category"), "category", self.category)
+
+    def summary(self) -> dict:
+        """What a run reports (``details["content"]`` of its commit)."""
+        return {"categories_filled": self.predicted, "category_accuracy": self.accuracy,
+                "category_held_out": self.held_out}
+
 
 def fill_categories(catalog: pa.Table, buckets: int = 1 << 16, dim: int = 16, epochs: int = 30,
                     seed: int = 0) -> CategoryFill:
@@ -286,6 +314,8 @@ def fill_categories(catalog: pa.Table, buckets: int = 1 << 16, dim: int = 16, ep
     import pyarrow.compute as pc
     names = pc.fill_null(catalog["category"], "unknown").combine_chunks()
     labelled = pc.not_equal(names, "unknown").to_numpy(zero_copy_only=False)
+    if labelled.all():                       # the usual night: nothing to fill, nothing to tokenize
+        return CategoryFill(names, 0, None, 0)
     tokens = tokenize(catalog.drop_columns(["category"]), buckets)
     wanted = ~labelled & tokens.has_content
     classes = sorted(set(names.filter(pa.array(labelled)).to_pylist()))

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
-from raymedia import checkpoint, config, models
+from raymedia import checkpoint, config, models, schema
 from raymedia.data.vocab import Vocab
 from raymedia.inference import ScoringContext
 from raymedia.score import Scorer
@@ -30,22 +31,34 @@ def _cfg(root: str, *extra: str):
                               "score.top_k=25", "score.item_chunk=64", *extra])
 
 
-def _publish(cfg, vocab: Vocab) -> dict[str, str]:
+def _publish(cfg, vocab: Vocab, content: dict | None = None) -> dict[str, str]:
     """Both models, random, the sequence model's items made to near-tie in pairs (the
-    K-th score sits among near-ties, where float32 rounding used to flip the order)."""
+    K-th score sits among near-ties, where float32 rounding used to flip the order);
+    ``content``: with that content path."""
     uris = {}
     for kind in models.KINDS:
         torch.manual_seed(1)
-        model = models.build(kind, models.model_kwargs(kind, cfg), vocab.size, vocab.num_categories,
+        meta = checkpoint.ModelMeta.new(kind, "v1", cfg, vocab, content=content)
+        model = models.build(kind, meta.kwargs, vocab.size, vocab.num_categories,
                              HISTORY_LEN, torch.as_tensor(vocab.item_category), torch.as_tensor(vocab.popularity))
         with torch.no_grad():
             w = model.item_emb.weight
             w[1:100] = w[101:200] * (1 + 2.0 ** -22)
             w[200:210] = w[210:220]                      # exact ties: the lower index first
         d = f"{cfg.output.models_uri}-staging/{kind}"
-        checkpoint.save_dir(d, model, checkpoint.ModelMeta.new(kind, "v1", cfg, vocab), vocab)
+        checkpoint.save_dir(d, model, meta, vocab)
         uris[kind] = checkpoint.publish(d, cfg.output.models_uri, kind, "v1")
     return uris
+
+
+def _catalog(path: str) -> str:
+    """The items' titles from a few words (one in ten without any: the id path alone)."""
+    rng = np.random.default_rng(4)
+    words = np.array(["storm", "league", "election", "recipe", "film", "market", "goal", "vote"])
+    titles = [None if i % 10 == 0 else " ".join(rng.choice(words, 3)) for i in range(ITEMS)]
+    pq.write_table(schema.conform_catalog(pa.table({"item_id": np.arange(1000, 1000 + ITEMS),
+                                                    "title": titles})), path)
+    return path
 
 
 def _histories() -> pa.Table:
@@ -74,22 +87,27 @@ def setup(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("invariance"))
     vocab = _vocab()
     uris = _publish(_cfg(root), vocab)
+    content_uris = _publish(_cfg(f"{root}/content"), vocab, {"buckets": 4096, "embedding_dim": 0, "id_dropout": 0.5})
     recommendable = np.ones(vocab.size, dtype=bool)
     recommendable[np.random.default_rng(2).integers(1, vocab.size, 30)] = False
-    yield {"root": root, "vocab": vocab, "uris": uris, "recommendable": recommendable,
+    yield {"root": root, "vocab": vocab, "uris": {False: uris, True: content_uris},
+           "catalog": _catalog(f"{root}/catalog.parquet"), "recommendable": recommendable,
            "histories": _histories()}
     torch.set_num_threads(1)
 
 
-@pytest.mark.parametrize("recommender,precision", [("sequence", "fp32"), ("two_tower", "fp32"),
-                                                   ("sequence", "bf16")])
-def test_every_batching_position_and_thread_count_gives_the_same_bits(setup, recommender, precision):
+@pytest.mark.parametrize("recommender,precision,content", [
+    ("sequence", "fp32", False), ("two_tower", "fp32", False), ("sequence", "bf16", False),
+    ("sequence", "fp32", True), ("two_tower", "fp32", True)])   # models with a content path
+def test_every_batching_position_and_thread_count_gives_the_same_bits(setup, recommender, precision, content):
     h, n = setup["histories"], setup["histories"].num_rows
 
     def scorer(threads: int) -> Scorer:
         cfg = _cfg(setup["root"], f"score.recommender={recommender}", f"score.precision={precision}",
                    f"score.num_cpus={threads}")
-        return Scorer(ScoringContext(setup["uris"], ASOF, setup["vocab"]), cfg, setup["recommendable"])
+        context = ScoringContext.build(setup["uris"][content], ASOF, setup["vocab"], setup["catalog"])
+        assert (context.content is not None) == content
+        return Scorer(context, cfg, setup["recommendable"])
 
     one = scorer(1)
     alone = _by_user(pa.concat_tables([one(h.slice(i, 1)) for i in range(n)]))

@@ -146,7 +146,8 @@ def test_written_scores_are_the_recommenders_own_top_k_dot_products(trained_run,
     ranks them on its own."""
     cfg = trained_run["cfg"]
     cfg = dataclasses.replace(cfg, score=dataclasses.replace(cfg.score, recommender=recommender))
-    scorer = Scorer(ScoringContext(trained_run["result"].model_uris, trained_run["result"].dt), cfg)
+    scorer = Scorer(ScoringContext.build(trained_run["result"].model_uris, trained_run["result"].dt, None,
+                                        cfg.data.catalog_uri), cfg)
     rng = np.random.default_rng(3)
     lengths = rng.integers(1, cfg.data.history_len + 5, 48)
     offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))

@@ -1,17 +1,20 @@
 """The whole pipeline against a real S3 server (SeaweedFS on loopback): generate ->
-train (Ray Train checkpoints on S3) -> score -> commit -> evaluate, and the commit
-protocol's exclusive create under a race on S3."""
+train (Ray Train checkpoints on S3) -> score -> commit -> evaluate, the same with a
+content catalog, and the commit protocol's exclusive create under a race on S3."""
 
 from __future__ import annotations
 
 import datetime as dt
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
+import pyarrow as pa
 import pytest
 import s3fs
 
 from conftest import small_config
 from raymedia import checkpoint, pipeline, storage
+from raymedia.data import read
 from raymedia.data.generate import GeneratorConfig, generate
 
 ROOT = "s3://raymedia/e2e"
@@ -41,6 +44,43 @@ def test_pipeline_end_to_end_on_s3(ray_session, s3):
     assert set(storage.list_files(storage.join(storage.partition(cfg.output.uri, day),
                                                f"run={result.run_id}"))) == \
         {u for t in commit.files for u in commit.uris(cfg.output.uri, t)}
+
+
+def test_a_content_catalog_trains_content_models_and_fills_categories_end_to_end_on_s3(ray_session, s3):
+    """The nightly job with a catalog with content columns (the generator's descriptions and
+    tags), a fifth of its categories missing, content.enabled=on, everything on S3."""
+    root = "s3://raymedia/content"
+    gen = GeneratorConfig(users=200, items=150, days=5, seed=5, categories=6)
+    generate(gen, root)
+    catalog_uri = f"{root}/catalog/catalog.parquet"
+    catalog = read.read_catalog(catalog_uri)
+    hide = np.arange(catalog.num_rows) % 5 == 2
+    truth = np.array(catalog["category"].to_pylist())
+    storage.write_parquet(catalog.set_column(2, "category", pa.array(np.where(hide, None, truth).tolist(),
+                                                                     pa.string())), catalog_uri)
+    day = gen.start + dt.timedelta(days=gen.days)
+    cfg = small_config(root, "data.lookback_days=5", "train.epochs=1", "eval.enabled=false",
+                       "content.enabled=on", "content.buckets=4096")
+    result = pipeline.run_day(cfg, day)
+
+    commit = storage.read_commit(cfg.output.uri, day)
+    assert commit.run_id == result.run_id and commit.rows["recommendations"] == result.counts["users_scored"] > 100
+    assert set(storage.list_files(storage.join(storage.partition(cfg.output.uri, day),
+                                               f"run={result.run_id}"))) == \
+        {u for t in commit.files for u in commit.uris(cfg.output.uri, t)}
+    for kind in ("two_tower", "sequence"):
+        meta = checkpoint.read_meta(result.model_uris[kind])
+        assert meta.kwargs["content"] == {"buckets": 4096, "embedding_dim": 0, "id_dropout": 0.5}
+    # the missing categories were predicted from the items' words, and the run says how well
+    info = commit.details["content"]
+    assert info == result.content and info["categories_filled"] == hide.sum()
+    assert info["category_held_out"] > 10 and info["category_accuracy"] >= 0.8, info
+    vocab = checkpoint.load_vocab(result.model_uris["sequence"])
+    names = dict(zip(vocab.item_ids.to_pylist(), vocab.category_names(vocab.item_category[1:]).to_pylist()))
+    filled = [names[i] for i in np.array(catalog["item_id"].to_pylist())[hide] if i in names]
+    assert filled and "unknown" not in filled
+    assert np.mean([names[i] == t for i, t in zip(np.array(catalog["item_id"].to_pylist())[hide],
+                                                   truth[hide]) if i in names]) >= 0.8
 
 
 def test_exclusive_create_on_s3_lets_exactly_one_racer_win(s3):

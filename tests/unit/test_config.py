@@ -17,6 +17,17 @@ def test_yaml_then_overrides(tmp_path):
     assert cfg.data.history_len == config.DataConfig().history_len   # untouched default
 
 
+
+def test_on_and_off_choices_read_as_written_though_yaml_makes_them_booleans(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("content:\n  enabled: on\n")
+    assert config.load(str(f)).content.enabled == "on"
+    assert config.load(str(f), ["content.enabled=off"]).content.enabled == "off"
+    assert config.load(None, ["content.enabled=on"]).content.enabled == "on"
+    with pytest.raises(ConfigError, match="score.recommender must be one of"):
+        config.load(None, ["score.recommender=on"])           # only where on/off are choices
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["train.epochs=0"], "train.epochs must be >= 1, got 0"),
     (["train.epochs=two"], "train.epochs must be an integer"),

@@ -167,3 +167,43 @@ def test_items_without_a_category_get_one_predicted_from_their_text():
     # a row whose only content is its (missing) category cannot be predicted
     bare = pa.table({"item_id": [1, 2, 3], "title": ["a b", "c d", None], "category": ["x", "y", None]})
     assert fill_categories(bare).category.to_pylist() == ["x", "y", "unknown"]
+    # what a run applies to its catalog and reports; a catalog with every category: nothing to do
+    assert fill.apply(hidden)["category"].to_pylist() == fill.category.to_pylist()
+    assert fill.summary() == {"categories_filled": hide.sum(), "category_accuracy": fill.accuracy,
+                              "category_held_out": fill.held_out}
+    full = fill_categories(catalog)
+    assert (full.predicted, full.accuracy) == (0, None) and full.category.equals(catalog["category"].combine_chunks())
+
+
+def test_a_run_uses_content_when_on_or_when_auto_finds_a_content_column():
+    from raymedia.models.content import in_use, run_tokens
+    plain = pa.table({"item_id": [1, 2], "title": ["a", "b"], "category": ["x", "y"]})
+    rich = plain.append_column("tags", pa.array([["t"], []], pa.list_(pa.string())))
+    assert [in_use(plain, e) for e in ("off", "auto", "on")] == [False, False, True]
+    assert [in_use(rich, e) for e in ("off", "auto", "on")] == [False, True, True]
+    assert run_tokens(plain, pa.array([1, 2]), "auto", 64) is None
+    assert run_tokens(rich, pa.array([2]), "auto", 64).n_items == 2          # padding + item 2
+
+
+@pytest.mark.parametrize("kind", ["two_tower", "sequence"])
+def test_scoring_encodes_each_items_content_once_and_gives_the_same_bits(kind):
+    """At inference every item's content vector is computed once (``cache_content``), not per
+    batch of users, and the user and item vectors are exactly those of the uncached model."""
+    torch.manual_seed(0)
+    model = models.model_class(kind)(9, 3, 6, dim=8, content={"buckets": 512, "embedding_dim": 0})
+    catalog = pa.table({"item_id": list(range(1, 9)), "title": [f"film {w}" for w in "abcdefgh"]})
+    model.set_content(catalog_tokens(catalog, pa.array(range(1, 9)), 512))
+    model.eval().double()
+    rng = np.random.default_rng(0)
+    batches = [{"items": torch.as_tensor(rng.integers(1, 9, (4, 6))), "events": torch.full((4, 6), 2),
+                "gaps": torch.ones(4, 6, dtype=torch.long), "length": torch.full((4,), 6)} for _ in range(3)]
+    with torch.no_grad():
+        before = [model.user_vectors(b) for b in batches], model.item_matrix()
+        model.cache_content()
+        calls = []
+        model.item_content.encoder.register_forward_hook(lambda *_: calls.append(1))
+        after = [model.user_vectors(b) for b in batches], model.item_matrix()
+    assert calls == []                                   # no batch encoded any token again
+    assert all(torch.equal(a, b) for a, b in zip(before[0], after[0])) and torch.equal(before[1], after[1])
+    model.set_content(catalog_tokens(catalog.slice(0, 4), pa.array(range(1, 9)), 512))
+    assert model.item_content.cached is None             # new tokens: encoded afresh
