@@ -98,7 +98,8 @@ def run(events_uri: str, out: str, model: str = "all", exclude_seen: bool = True
         histories, test_info = _with_test_day_targets(inputs.histories, events_uri, day, inputs.vocab)
     if cold:
         context, recommendable = _published_by_end_of(context, cfg, day)
-        histories, test_info = _with_cold_targets(inputs.histories, events_uri, days, context.vocab)
+        histories, test_info = _with_cold_targets(inputs.histories, events_uri, days, context.vocab,
+                                                  inputs.vocab.size)
         test_info["cold_items"]["variants"] = sorted(uris)
     with pipeline._timed(secs, "evaluate"):
         metrics = ev.evaluate(histories, ev.EvalInputs(context, protocol, recommendable=recommendable), cfg)
@@ -188,10 +189,12 @@ def cold_targets(earlier: pa.Table, test: pa.Table) -> pa.Table:
                      "taken": per_user["item_id_distinct"].take(at)})
 
 
-def _with_cold_targets(histories, events_uri: str, days: list[dt.date], vocab):
+def _with_cold_targets(histories, events_uri: str, days: list[dt.date], vocab, trained_size: int):
     """Histories with one row per cold target of the last day (``cold_targets``): ``target``
     and ``others`` (the user's other items that day) as vocabulary indices. Targets the
-    vocabulary lacks (not in the catalog) are counted and dropped."""
+    vocabulary lacks (not in the catalog) are counted and dropped; ``published_before`` counts
+    the targets in the models' own vocabulary (indices below ``trained_size``: published
+    before the day, so the models hold an id row for them that no training example touched)."""
     earlier = pa.concat_tables([_read_day(events_uri, d, ["item_id", "event"]) for d in days[:-1]])
     test = _read_day(events_uri, days[-1], ["user_id", "item_id", "event", "ts"])
     pairs = cold_targets(earlier, test)
@@ -204,7 +207,8 @@ def _with_cold_targets(histories, events_uri: str, days: list[dt.date], vocab):
     return with_targets, {"test_day": days[-1].isoformat(), "cold_items": {
         "items": int(len(cold_items(earlier, test))), "targets": ranked,
         "users": len(with_targets.unique("user_id")) if ranked else 0,
-        "unknown_items": int(len(pairs) - known.num_rows), "without_history": int(known.num_rows - ranked)}}
+        "unknown_items": int(len(pairs) - known.num_rows), "without_history": int(known.num_rows - ranked),
+        "published_before": int(((target > 0) & (target < trained_size)).sum())}}
 
 
 def _train_variants(cfg, inputs, plan, secs: dict) -> dict[str, str]:

@@ -155,8 +155,9 @@ def cold_items_line(m: dict) -> str:
         return ""
     return (f"cold items (first taken on {m.get('test_day')}): {c['items']} items, {c['targets']} targets of "
             f"{c['users']} users ranked over every item published by the end of that day; "
-            f"{c['unknown_items']} targets not in the catalog, {c['without_history']} of users without "
-            f"a history; models: id-only (kind) and content-aware (kind+content)")
+            f"{c['published_before']} of them published before that day; {c['unknown_items']} targets "
+            f"not in the catalog, {c['without_history']} of users without a history; models: id-only "
+            f"(kind) and content-aware (kind+content)")
 
 
 def _fmt(v) -> str:
