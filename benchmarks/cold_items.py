@@ -28,7 +28,7 @@ import sys
 import time
 
 import numpy as np
-from common import ROOT, record  # noqa: F401  (puts the repo on sys.path)
+from common import ROOT, log_setup, record  # noqa: F401  (puts the repo on sys.path)
 
 from raymedia import offline, storage
 
@@ -113,10 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     p.add_argument("--record", action="store_true", help="append the tables to BENCHMARKS.md")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("ray", "ray.data", "ray.train", "ray.tune", "filelock", "matplotlib"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    log_setup()
     args.out = args.out.rstrip("/")
     t0 = time.perf_counter()
     results = {s: run_seed(args, s) for s in args.seeds}
