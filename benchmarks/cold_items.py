@@ -50,8 +50,9 @@ def run_seed(args, seed: int) -> dict[str, dict]:
         generate(world(args, seed), f"{root}/data")
     events, catalog = f"{root}/data/events", f"{root}/data/catalog"
     overrides = ["ray.progress_bars=false", f"train.seed={seed}", *args.overrides]
-    runs = {"cold": ("cold-items", []), "llo-id": ("leave-last-out", ["content.enabled=off"]),
-            "llo-content": ("leave-last-out", ["content.enabled=on"])}
+    # quoted: YAML reads a bare on/off as a boolean
+    runs = {"cold": ("cold-items", []), "llo-id": ("leave-last-out", ['content.enabled="off"']),
+            "llo-content": ("leave-last-out", ['content.enabled="on"'])}
     out = {}
     for name, (protocol, extra) in runs.items():
         path = f"{root}/{name}/metrics.json"

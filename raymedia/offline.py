@@ -73,7 +73,7 @@ def run(events_uri: str, out: str, model: str = "all", exclude_seen: bool = True
         f"data.events_uri={events_uri}", f"data.catalog_uri={catalog_uri or default_catalog(events_uri)}",
         f"data.lookback_days={(day - days[0]).days}", f"output.uri={out}/work",
         f"output.models_uri={out}/models", f"data.exclude_seen={str(exclude_seen).lower()}",
-        f"train.models={','.join(kinds)}", *overrides, *(["content.enabled=on"] if cold else [])])
+        f"train.models={','.join(kinds)}", *overrides, *(['content.enabled="on"'] if cold else [])])
     secs: dict[str, float] = {}
     run_id = storage.new_run_id()
     if checkpoint_uri:
