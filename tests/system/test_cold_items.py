@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 
-import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from conftest import small_overrides
@@ -40,8 +40,8 @@ def test_cold_items_protocol_ranks_the_last_days_new_items(ray_session, tmp_path
     events = pads.dataset(str(tmp_path / "data" / "events"), format="parquet", partitioning="hive")
     table = events.to_table(columns=["user_id", "item_id", "event", "ts", "dt"])
     last = max(table["dt"].to_pylist())
-    is_last = pa.compute.equal(table["dt"], last)
-    pairs = cold_targets(table.filter(pa.compute.invert(is_last)), table.filter(is_last))
+    is_last = pc.equal(table["dt"], last)
+    pairs = cold_targets(table.filter(pc.invert(is_last)), table.filter(is_last))
     c = m["cold_items"]
     assert m["test_day"] == str(last) and c["targets"] == m["users"] > 20
     assert c["targets"] + c["unknown_items"] + c["without_history"] == pairs.num_rows
