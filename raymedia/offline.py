@@ -128,22 +128,24 @@ def _taken(t: pa.Table) -> pa.Table:
     return t.filter(pc.not_equal(t["event"], "impression"))
 
 
+def join_targets(batch: pa.Table, targets: pa.Table) -> pa.Table:
+    """The rows of ``batch`` (one per user) once per row of ``targets`` with that user
+    (``user_id`` first, then the columns to append), in the order of ``targets``: a user
+    with several targets is ranked once for each; users of the batch without one drop out."""
+    at = pc.index_in(targets["user_id"], value_set=batch["user_id"])
+    keep = pc.is_valid(at)
+    rows = batch.take(pc.drop_null(at))
+    for name in targets.column_names[1:]:
+        rows = rows.append_column(name, targets[name].filter(keep))
+    return rows
+
+
 def _with_targets(histories, targets: pa.Table):
-    """One history row per row of ``targets`` (``user_id``, ``target`` and maybe ``others``),
-    users without a history dropped: a user with several targets is ranked once for each."""
+    """``join_targets`` over every batch of the histories; returns them and their count."""
     import ray
     ref = ray.put(targets)
-
-    def attach(batch: pa.Table) -> pa.Table:
-        k = ray.get(ref)
-        at = pc.index_in(k["user_id"], value_set=batch["user_id"])
-        keep = pc.is_valid(at)
-        rows = batch.take(pc.drop_null(at))
-        for name in k.column_names[1:]:
-            rows = rows.append_column(name, k[name].filter(keep))
-        return rows
-
-    with_targets = histories.map_batches(attach, batch_format="pyarrow").materialize()
+    with_targets = histories.map_batches(lambda batch: join_targets(batch, ray.get(ref)),
+                                         batch_format="pyarrow").materialize()
     return with_targets, with_targets.count()
 
 

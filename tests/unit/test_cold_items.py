@@ -12,7 +12,7 @@ import pytest
 
 from raymedia.data.generate import DAY_S, FRESH_SUBTOPICS, GeneratorConfig, _world, generate_chunk, make_catalog
 from raymedia.evaluate import category_popularity, padded
-from raymedia.offline import cold_items, cold_targets
+from raymedia.offline import cold_items, cold_targets, join_targets
 
 T = 1_000
 
@@ -48,6 +48,17 @@ def test_cold_targets_one_row_per_user_and_cold_item_in_first_taken_order():
     assert list(zip(t["user_id"].to_pylist(), t["item_id"].to_pylist())) == [(1, 13), (1, 12), (2, 13)]
     taken = [sorted(x) for x in t["taken"].to_pylist()]
     assert taken == [[10, 12, 13], [10, 12, 13], [13]]      # masked except the target itself
+
+
+def test_join_targets_ranks_a_user_once_per_target():
+    histories = pa.table({"user_id": pa.array([1, 2, 3], pa.int64()),
+                          "items": pa.array([[5, 6], [7], [8, 9]], pa.list_(pa.int64()))})
+    targets = pa.table({"user_id": pa.array([3, 1, 3, 4], pa.int64()), "target": pa.array([11, 12, 13, 14]),
+                        "others": pa.array([[13], [], [11], []], pa.list_(pa.int64()))})
+    out = join_targets(histories, targets)
+    assert out["user_id"].to_pylist() == [3, 1, 3]          # user 2 has no target, user 4 no history
+    assert out["items"].to_pylist() == [[8, 9], [5, 6], [8, 9]]
+    assert out["target"].to_pylist() == [11, 12, 13] and out["others"].to_pylist() == [[13], [], [11]]
 
 
 def test_category_popularity_orders_categories_then_own_popularity():
