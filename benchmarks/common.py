@@ -50,3 +50,12 @@ def record(title: str, text: str) -> None:
     cmd = " ".join(["python", os.path.relpath(os.path.abspath(sys.argv[0]), ROOT), *sys.argv[1:]])
     with open(ROOT / "BENCHMARKS.md", "a") as f:
         f.write(f"\n### {title} ({dt.date.today()})\n\n`{cmd}` on {machine}\n\n{text}\n")
+
+
+def log_setup() -> None:
+    """INFO logs of raymedia's stages, Ray's own chatter at WARNING; Ray Train's v2 API."""
+    import logging
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("ray", "ray.data", "ray.train", "ray.tune", "filelock", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")

@@ -17,12 +17,11 @@ tables to BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 import time
 
-from common import ROOT, record  # noqa: F401  (puts the repo on sys.path)
+from common import ROOT, log_setup, record  # noqa: F401  (puts the repo on sys.path)
 
 from raymedia import models, offline, report, storage
 
@@ -53,10 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     p.add_argument("--record", action="store_true", help="append the tables to BENCHMARKS.md")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("ray", "ray.data", "ray.train", "ray.tune", "filelock", "matplotlib"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    log_setup()
 
     fmt = detect_format(args.path) if args.format == "auto" else args.format
     name = "synthetic" if fmt == "synthetic" else os.path.basename(args.path.rstrip("/")).split(".")[0]

@@ -136,8 +136,10 @@ def parser(prog: str = "raymedia") -> argparse.ArgumentParser:
                        "items against baselines, write metrics.json + report.html, print the table")
     e.add_argument("--events", required=True, help="events root with dt=YYYY-MM-DD partitions (any URI)")
     e.add_argument("--catalog", help="catalog URI (default: catalog/ next to the events root)")
-    e.add_argument("--protocol", default="leave-last-out", choices=["leave-last-out", "temporal"],
-                   help="leave-last-out, or temporal: train before the last day, test on it")
+    e.add_argument("--protocol", default="leave-last-out", choices=["leave-last-out", "temporal", "cold-items"],
+                   help="leave-last-out; temporal: train before the last day, test on it; cold-items: "
+                        "that split, ranking the items first taken on the last day, id-only models "
+                        "against content-aware ones")
     e.add_argument("--model", default="all", choices=[*models.names(), "all"])
     e.add_argument("--exclude-seen", action=argparse.BooleanOptionalAction, default=True,
                    help="mask items the user already had (--no-exclude-seen: repeats allowed)")

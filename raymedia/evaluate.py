@@ -22,6 +22,14 @@ in the same pass over the same users:
 - ``als`` and ``ease``: the strong classic baselines of ``raymedia/baselines.py``, fitted on
   every item each user saw before the test item (skipped, with the reason, when they cannot run).
 
+The ``cold-items`` protocol ranks items nobody took before the test period: every baseline
+above scores such an item 0 (no interaction, no co-occurrence), so it ranks the models
+(content-aware and id-only, see ``offline``) against ``category_popularity`` alone: an item
+scores its category's training interactions, times a small tie-break by its own, so a cold
+item comes after the warm items of its category and before every item of a less popular one.
+Each row carries ``others``: the user's other items of the test period, masked like seen
+items, so each target is ranked against the items that user did not take.
+
 With ``data.exclude_seen`` every ranker masks the same items the scorer masks in
 production: everything the user saw before the test item (``features``' ``seen`` input:
 the user state's seen set within ``data.seen_days`` plus the history before the target).
@@ -55,17 +63,20 @@ from raymedia.metrics import (auc, brier, calibration, coverage, hit_rate, mrr, 
 SCHEMA_VERSION = 1
 SAMPLED_NEGATIVES = 100
 HISTORY_BUCKETS = (1, 2, 4, 8, 16, 32)           # lower edges of history-length buckets
-BASELINES = ("popularity", "own_history", "most_frequent", "item_knn", *baselines.NAMES)
+BASELINES = ("popularity", "own_history", "most_frequent", "item_knn", *baselines.NAMES, "category_popularity")
+TARGETED = ("temporal", "cold-items")      # protocols whose histories carry a ``target`` column
+CATEGORY_TIE_BREAK = 0.01
 KNN_MAX_ITEMS = 10_000        # the item-item matrix is dense: items^2 floats
 KNN_NEIGHBOURS = 100
 
 
 @dataclass(frozen=True)
 class EvalInputs:
-    """What an evaluation ranks with: the models (``context``), the protocol (``temporal``:
-    the histories carry a ``target`` column), and what ``evaluate`` computes when None: the
-    ``knn`` similarities and ``fitted`` baselines (from the histories), ``recommendable``
-    (from the catalog at ``context.asof``, as scoring does)."""
+    """What an evaluation ranks with: the models (``context``), the protocol (``TARGETED``:
+    the histories carry a ``target`` column; ``cold-items`` also ``others``), and what
+    ``evaluate`` computes when None: the ``knn`` similarities and ``fitted`` baselines (from
+    the histories; not for ``cold-items``), ``recommendable`` (from the catalog at
+    ``context.asof``, as scoring does)."""
     context: ScoringContext
     protocol: str = "leave-last-out"
     knn: np.ndarray | None = None
@@ -111,6 +122,27 @@ def rank_all(score_chunk, n_items: int, target: torch.Tensor, negatives: torch.T
     scores = (score_chunk if isinstance(score_chunk, (ranking.DotScores, ranking.ChunkScores))
               else ranking.ChunkScores(score_chunk, n_items, chunk))
     return vars(ranking.rank(scores, target, negatives, k, chunk, seen, blocked))
+
+
+def category_popularity(item_category: np.ndarray, popularity: np.ndarray,
+                        tie_break: float = CATEGORY_TIE_BREAK) -> np.ndarray:
+    """Per vocabulary index: the training interactions of the item's category times
+    (1 + ``tie_break`` x its own share of the most popular item's); padding scores 0."""
+    per_category = np.bincount(item_category, weights=popularity, minlength=int(item_category.max()) + 1)
+    out = per_category[item_category] * (1.0 + tie_break * popularity / max(float(popularity.max()), 1e-12))
+    out[0] = 0.0
+    return out
+
+
+def padded(lists: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """(rows, longest) int64 of a list column, 0-padded (at least one column)."""
+    arr = lists.combine_chunks() if isinstance(lists, pa.ChunkedArray) else lists
+    off = arr.offsets.to_numpy()
+    lens = np.diff(off)
+    values = arr.flatten().to_numpy(zero_copy_only=False).astype(np.int64)
+    out = np.zeros((len(lens), max(int(lens.max()) if len(lens) else 0, 1)), dtype=np.int64)
+    out[np.repeat(np.arange(len(lens)), lens), np.arange(len(values)) - np.repeat(off[:-1] - off[0], lens)] = values
+    return out
 
 
 def own_history_scorer(items: torch.Tensor, pop_score: torch.Tensor):
@@ -194,12 +226,17 @@ class Evaluator(LoadedModels):
         logpop = np.log1p(self.vocab.popularity)
         self.pop = torch.as_tensor(logpop, dtype=torch.float32, device=self.device)
         self.pop_fill = self.pop / max(float(self.pop.max()), 1e-12) * 0.49
+        self.category_pop = torch.as_tensor(category_popularity(self.vocab.item_category, self.vocab.popularity),
+                                            dtype=torch.float32, device=self.device)
 
     def rankers(self, x: dict) -> dict:
         out = {}
         for kind in self.models:
             out[kind] = self.item_scores(kind, self.user_vectors(kind, x))
         B = len(x["target"])
+        if self.protocol == "cold-items":
+            out["category_popularity"] = lambda a, b: self.category_pop[a:b].unsqueeze(0).repeat(B, 1)
+            return out
         out["popularity"] = lambda a, b: self.pop[a:b].unsqueeze(0).repeat(B, 1)
         out["own_history"] = own_history_scorer(x["items"], self.pop_fill)
         out["most_frequent"] = most_frequent_scorer(x["items"])
@@ -211,9 +248,9 @@ class Evaluator(LoadedModels):
         return out
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
-        if self.protocol == "temporal":
-            # the whole history before the test day is the input; the target is the user's
-            # first interaction on the test day (a ``target`` column of vocabulary indices)
+        if self.protocol in TARGETED:
+            # the whole history before the test day is the input; the target is a ``target``
+            # column of vocabulary indices (temporal: the user's first interaction that day)
             kept, x = self.inputs(batch, "score")
             x["target"] = torch.as_tensor(kept["target"].to_numpy(), device=self.device)
             x["ret_label"] = torch.zeros(len(x["target"]), device=self.device)
@@ -221,6 +258,9 @@ class Evaluator(LoadedModels):
         else:
             kept, x = self.inputs(batch, "eval")
         seen = x.get("seen", x["items"]) if self.cfg.data.exclude_seen else None
+        if "others" in kept.column_names:      # the user's other items of the test period
+            others = torch.as_tensor(padded(kept["others"]), device=self.device)
+            seen = others if seen is None else torch.cat([seen, others], 1)
         chunk, k, n_items = self.cfg.eval.item_chunk, self.cfg.eval.k, self.vocab.size
         neg = torch.as_tensor(_sampled_negatives(features.user_hash(kept["user_id"]),
                                                  x["target"].cpu().numpy(), n_items), device=self.device)
@@ -312,12 +352,13 @@ def evaluate(histories: ray.data.Dataset, inputs: EvalInputs, cfg: Config) -> di
     vocabulary (``inputs.context.vocab``) the baselines and the mask missing from ``inputs``
     are computed here first."""
     vocab = inputs.context.vocab
-    if vocab is not None and inputs.knn is None:
+    classic = inputs.protocol != "cold-items"       # the baselines that can rank a cold item
+    if vocab is not None and inputs.knn is None and classic:
         batches = histories.iter_batches(batch_format="pyarrow", batch_size=2048)
         inputs = dataclasses.replace(inputs, knn=item_knn(batches, cfg.data.history_len, vocab.size))
     if vocab is not None and inputs.recommendable is None:
         inputs = dataclasses.replace(inputs, recommendable=inputs.context.recommendable(cfg.data.catalog_uri))
-    if vocab is not None and inputs.fitted is None:
+    if vocab is not None and inputs.fitted is None and classic:
         mode = "score" if inputs.protocol == "temporal" else "eval"
         batches = histories.iter_batches(batch_format="pyarrow", batch_size=2048)
         inputs = dataclasses.replace(inputs, fitted=baselines.fit(batches, mode, cfg.data.history_len,

@@ -148,6 +148,18 @@ def _fits(m: dict) -> str:
     return f"<p class=note>Strong baselines (same users, same masks): {'; '.join(parts)}.</p>"
 
 
+def cold_items_line(m: dict) -> str:
+    """What the cold-item protocol ranked (empty for the other protocols)."""
+    c = m.get("cold_items")
+    if not c:
+        return ""
+    return (f"cold items (first taken on {m.get('test_day')}): {c['items']} items, {c['targets']} targets of "
+            f"{c['users']} users ranked over every item published by the end of that day; "
+            f"{c['published_before']} of them published before that day; {c['unknown_items']} targets "
+            f"not in the catalog, {c['without_history']} of users without a history; models: id-only "
+            f"(kind) and content-aware (kind+content)")
+
+
 def _fmt(v) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "-"
@@ -174,6 +186,8 @@ def table(metrics: dict) -> str:
     lines.append(f"(* baseline; {metrics.get('users', 0)} users, {metrics.get('protocol')}, "
                  f"{metrics.get('ranking')} ranking over {metrics.get('catalog_items')} items, {seen}; "
                  f"sampled: {metrics.get('sampled', {}).get('negatives')} random negatives)")
+    if metrics.get("cold_items"):
+        lines.append(cold_items_line(metrics))
     fits = metrics.get("baseline_fits") or {}
     if fits:
         lines.append("baselines: " + "; ".join(
@@ -223,6 +237,7 @@ td:first-child,th:first-child{{text-align:left}}img.plot{{max-width:100%;display
 {m.get('users')} users, {m.get('catalog_items')} items, {seen}.
 Data: {html.escape(str(data.get('events_uri', '')))} ({data.get('first_day', '')} to {data.get('last_day', '')}).
 metrics.json schema version {m.get('schema_version')}.</p>
+{f"<p>{html.escape(cold_items_line(m))}.</p>" if m.get("cold_items") else ""}
 {_table(m)}
 {_fits(m)}
 <p>Return within 7 days: AUC {_fmt(ret.get('auc'))}, ECE {_fmt(ret.get('ece'))}, Brier {_fmt(ret.get('brier'))}

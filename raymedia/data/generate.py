@@ -5,7 +5,11 @@ one: popularity is heavy-tailed (a popularity baseline is strong but not
 enough), users have narrow category tastes (per-user models help), series
 episodes are usually watched in order (only order-aware models see it), and
 activity decays or starts mid-window (so "returns within 7 days" is
-predictable from recency and frequency).
+predictable from recency and frequency). With ``fresh_item_fraction`` a share of
+the items is news-like: published during the window and taken only in its first
+``fresh_days``, by users who follow its topic (a category and one of its
+``FRESH_SUBTOPICS``, whose words its title, description and tags carry), so an
+id-only model cannot know tomorrow's news and a model that reads content can.
 
 Layout written by :func:`generate`::
 
@@ -38,6 +42,9 @@ DAY_S = 86_400
 US = 1_000_000
 CATALOG_STREAM = 2**32 - 1          # second seed word of the catalog stream; never a chunk index
 TEXT_STREAM = 2**32 - 2             # the catalog's words: their own stream, so the world is as before
+FRESH_STREAM = 2**32 - 3            # news-like items: their own stream, drawn only when there are any
+FRESH_SUBTOPICS = 4                 # topics within a category that fresh items are about
+SUBTOPIC_WORDS = 8                  # words of each (category, subtopic)
 SYLLABLES = ("ka", "lo", "mi", "ne", "su", "ta", "ri", "po", "ve", "da", "zu", "fe", "go", "ha", "ji", "wo")
 CATEGORY_WORDS, COMMON_WORDS = 24, 300
 
@@ -86,6 +93,9 @@ class GeneratorConfig:
     late_join_fraction: float = 0.2   # users whose first visit is inside the window
     mean_session_len: float = 3.5     # consumptions per session (geometric, >= 1)
     continue_prob: float = 0.65       # P(next episode) after an episode with a successor
+    fresh_item_fraction: float = 0.0  # news-like items (module doc); 0: none, the world as before
+    fresh_days: float = 1.5           # how long a fresh item is taken after its publication
+    fresh_share: float = 0.3          # share of picks that go to a live fresh item of the topic
 
     def __post_init__(self) -> None:
         ints = {"users": 1, "items": 2, "days": 1, "seed": 0, "categories": 1, "chunk_users": 1}
@@ -98,7 +108,7 @@ class GeneratorConfig:
         if isinstance(self.start, datetime.datetime) or not isinstance(self.start, datetime.date):
             raise ValueError(f"start must be a datetime.date, got {self.start!r}")
         fractions = ("series_fraction", "new_item_fraction", "unavailable_fraction",
-                     "decaying_fraction", "late_join_fraction")
+                     "decaying_fraction", "late_join_fraction", "fresh_item_fraction", "fresh_share")
         for name in fractions:
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)!r}")
@@ -106,7 +116,7 @@ class GeneratorConfig:
             raise ValueError(f"continue_prob must be in [{CONTINUE_AFTER_COMPLETE}, "
                              f"{1 - CONTINUE_AFTER_COMPLETE}], got {self.continue_prob!r}")
         positive = ("zipf_exponent", "duration_median_s", "taste_concentration",
-                    "sessions_per_day", "activity_sigma", "decay_days")
+                    "sessions_per_day", "activity_sigma", "decay_days", "fresh_days")
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
@@ -150,6 +160,22 @@ class _World:
     category_last: np.ndarray  # position in by_category of each category's last item
     global_cdf: np.ndarray     # popularity CDF over all items
     fallback: np.ndarray       # the two most popular items published before the log start
+    subtopic: np.ndarray       # int, a fresh item's subtopic, -1 for the other items
+    fresh_order: np.ndarray    # fresh items sorted by (category, subtopic) group, then publish time
+    fresh_key: np.ndarray      # group * span + publish time, aligned with fresh_order
+    fresh_cum: np.ndarray      # cumulative popularity along fresh_order, with a leading 0
+    fresh_span: float          # key distance between two groups: more than any time difference
+
+    def sample_fresh(self, group: np.ndarray, t: np.ndarray, life_s: float, u: np.ndarray) -> np.ndarray:
+        """A fresh item of each (category, subtopic) ``group`` live at ``t`` (published in
+        (t - life_s, t]), drawn proportionally to popularity; -1 where none is live. The live
+        items of a group are one run of ``fresh_order``, found by two searchsorted calls."""
+        base = group * self.fresh_span
+        lo = np.searchsorted(self.fresh_key, base + t - life_s, side="right")
+        hi = np.searchsorted(self.fresh_key, base + t, side="right")
+        x = self.fresh_cum[lo] + u * (self.fresh_cum[hi] - self.fresh_cum[lo])
+        pos = np.clip(np.searchsorted(self.fresh_cum, x, side="right") - 1, lo, np.maximum(hi - 1, lo))
+        return np.where(hi > lo, self.fresh_order[np.minimum(pos, len(self.fresh_order) - 1)], -1)
 
     def sample_in_category(self, cat: np.ndarray, u: np.ndarray) -> np.ndarray:
         """Items drawn proportionally to popularity within the given categories.
@@ -208,6 +234,10 @@ def _world(cfg: GeneratorConfig) -> _World:
             weight[eps] = np.sort(weight[eps])[::-1]
             pub_s[eps] = np.sort(pub_s[eps])
 
+    subtopic, pub_s = _fresh(cfg, category, weight, series, rank, pub_s)
+    fresh = subtopic >= 0
+    # fresh items are picked only while they are live (sample_fresh), never by the usual draws
+    weight_all, weight = weight, np.where(fresh, 0.0, weight)
     by_category = np.argsort(category, kind="stable")
     sorted_cat = category[by_category]
     cum = np.cumsum(weight[by_category])
@@ -218,14 +248,37 @@ def _world(cfg: GeneratorConfig) -> _World:
     within = (cum - before[sorted_cat]) / totals[sorted_cat]
     within[last] = 1.0
     old = np.flatnonzero(pub_s < 0)
+    span = cfg.days * DAY_S + cfg.fresh_days * DAY_S + 1.0
+    group = category * FRESH_SUBTOPICS + subtopic
+    order = np.flatnonzero(fresh)[np.lexsort((pub_s[fresh], group[fresh]))]
     return _World(
-        category=category, weight=weight, series=series, episode=episode, next_ep=next_ep,
+        category=category, weight=weight_all, series=series, episode=episode, next_ep=next_ep,
         pub_s=pub_s, available=available, duration_s=duration_s,
         category_prior=totals / totals.sum(), by_category=by_category,
         category_keys=sorted_cat + within, category_last=last,
         global_cdf=np.cumsum(weight) / weight.sum(),
         fallback=old[np.argsort(-weight[old], kind="stable")[:2]],
+        subtopic=subtopic, fresh_order=order, fresh_key=group[order] * span + pub_s[order],
+        fresh_cum=np.concatenate([[0.0], np.cumsum(weight_all[order])]), fresh_span=span,
     )
+
+
+def _fresh(cfg: GeneratorConfig, category: np.ndarray, weight: np.ndarray, series: np.ndarray,
+           rank: np.ndarray, pub_s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(subtopic per item, -1 for the usual ones; publish times) with the news-like items
+    chosen and published uniformly over the window. Never a series episode, one of the two
+    fallback items or a category's most popular item (so every category keeps an item the
+    usual draws can pick). Its own stream: with ``fresh_item_fraction`` 0 nothing is drawn."""
+    subtopic = np.full(len(category), -1)
+    if cfg.fresh_item_fraction <= 0:
+        return subtopic, pub_s
+    rng = np.random.default_rng([cfg.seed, FRESH_STREAM])
+    top = np.zeros(len(category), dtype=bool)
+    top[[np.flatnonzero(category == c)[np.argmax(weight[category == c])] for c in np.unique(category)]] = True
+    fresh = (rng.random(len(category)) < cfg.fresh_item_fraction) & (series < 0) & (rank >= 2) & ~top
+    subtopic[fresh] = rng.integers(0, FRESH_SUBTOPICS, int(fresh.sum()))
+    pub_s = np.where(fresh, np.floor(rng.random(len(category)) * cfg.days * DAY_S), pub_s)
+    return subtopic, pub_s
 
 
 def _words(rng: np.random.Generator, n: int) -> list[str]:
@@ -238,16 +291,24 @@ def _words(rng: np.random.Generator, n: int) -> list[str]:
 
 def _texts(cfg: GeneratorConfig, w: _World) -> dict[str, list]:
     """Titles, descriptions and tags whose words carry what an item is: each category has
-    its own words, a series has a name its episodes share, the rest is common filler. Drawn
-    from their own stream, so the events are the same with or without them."""
+    its own words, a series has a name its episodes share, the rest is common filler; a
+    fresh item is news about a subtopic of its category: half its words are the subtopic's,
+    and it is tagged ``news``. Drawn from their own stream, so the events are the same with
+    or without them."""
     rng = np.random.default_rng([cfg.seed, TEXT_STREAM])
-    vocab = _words(rng, CATEGORY_WORDS * cfg.categories + COMMON_WORDS)
+    n_sub = CATEGORY_WORDS * cfg.categories + COMMON_WORDS
+    fresh = bool((w.subtopic >= 0).any())
+    vocab = _words(rng, n_sub + (SUBTOPIC_WORDS * FRESH_SUBTOPICS * cfg.categories if fresh else 0))
     topic = [vocab[c * CATEGORY_WORDS:(c + 1) * CATEGORY_WORDS] for c in range(cfg.categories)]
-    common = vocab[CATEGORY_WORDS * cfg.categories:]
+    common = vocab[CATEGORY_WORDS * cfg.categories:n_sub]
     names: dict[int, str] = {}
     titles, descriptions, tags = [], [], []
-    for c, s, e in zip(w.category.tolist(), w.series.tolist(), w.episode.tolist()):
+    for c, s, e, sub in zip(w.category.tolist(), w.series.tolist(), w.episode.tolist(), w.subtopic.tolist()):
         own = rng.choice(topic[c], 8, replace=False).tolist()
+        if sub >= 0:
+            at = n_sub + (c * FRESH_SUBTOPICS + sub) * SUBTOPIC_WORDS
+            about = rng.choice(vocab[at:at + SUBTOPIC_WORDS], 4, replace=False).tolist()
+            own = [about[0], own[0], *about[1:], *own[1:4]]
         if s > 0:
             name = names.setdefault(s, " ".join([*rng.choice(topic[c], 2, replace=False), rng.choice(common)]).title())
             titles.append(f"{name} {e}")
@@ -255,13 +316,13 @@ def _texts(cfg: GeneratorConfig, w: _World) -> dict[str, list]:
             name = None
             titles.append(" ".join([*own[:2], rng.choice(common)]).capitalize())
         descriptions.append(" ".join([*own[2:], *rng.choice(common, 4)]) + ".")
-        tags.append(own[:2] + ([name.lower()] if name else []))
+        tags.append(own[:2] + ([name.lower()] if name else []) + (["news"] if sub >= 0 else []))
     return {"title": titles, "description": descriptions, "tags": tags}
 
 
 def make_catalog(cfg: GeneratorConfig) -> pa.Table:
     """The item catalog: ``schema.CATALOG`` plus content columns (description, tags,
-    series_id, episode, duration_s)."""
+    series_id, episode, duration_s; with fresh items also subcategory: their subtopic)."""
     w = _world(cfg)
     ids = np.arange(1, cfg.items + 1, dtype=np.int64)
     text = _texts(cfg, w)
@@ -275,6 +336,10 @@ def make_catalog(cfg: GeneratorConfig) -> pa.Table:
         pa.array(start_us + w.pub_s.astype(np.int64) * US, schema.TS_TYPE),
         pa.array(w.available),
     ], schema=schema.CATALOG)
+    if (w.subtopic >= 0).any():
+        base = base.append_column("subcategory", pa.array(
+            [f"cat_{c:02d}/{t}" if t >= 0 else None for c, t in zip(w.category.tolist(), w.subtopic.tolist())],
+            pa.string()))
     return schema.conform_catalog(base.append_column("description", pa.array(text["description"]))
                                   .append_column("tags", pa.array(text["tags"], pa.list_(pa.string())))
                                   .append_column("series_id", pa.array([f"s{s}" if s > 0 else None
@@ -322,6 +387,10 @@ def _simulate(cfg: GeneratorConfig, chunk: int) -> dict[str, np.ndarray]:
     tau = cfg.decay_days * rng.lognormal(0, 0.5, n)
     late = (rng.random(n) < cfg.late_join_fraction) & (cfg.days > 1)
     join = np.where(late, rng.integers(1, max(cfg.days, 2), n), 0)
+    # Fresh items: each user follows a few subtopics (their own stream: the rest is as without)
+    news = len(w.fresh_order) > 0
+    frng = np.random.default_rng([cfg.seed, chunk, FRESH_STREAM])
+    sub_cdf = np.cumsum(frng.dirichlet(np.full(FRESH_SUBTOPICS, 0.5), n), axis=1) if news else None
 
     # Sessions per (user, day): Poisson around base x weekday x decay; a late
     # joiner's first visit is on the join day.
@@ -371,6 +440,10 @@ def _simulate(cfg: GeneratorConfig, chunk: int) -> dict[str, np.ndarray]:
             still = (pick[blocked] == p[blocked]) | (w.pub_s[pick[blocked]] > t0[blocked])
             blocked = blocked[still]
         pick[blocked] = np.where(p[blocked] == w.fallback[0], w.fallback[1], w.fallback[0])
+        if news:       # a share of picks: live news of the category, about a subtopic the user follows
+            sub = (sub_cdf[u] < frng.random(m)[:, None]).sum(axis=1).clip(max=FRESH_SUBTOPICS - 1)
+            fresh = w.sample_fresh(cat * FRESH_SUBTOPICS + sub, t0, cfg.fresh_days * DAY_S, frng.random(m))
+            pick = np.where((frng.random(m) < cfg.fresh_share) & (fresh >= 0), fresh, pick)
         pick = np.where(cont, nxt, pick)
 
         # Engagement: series continuations and in-taste items complete more often.
