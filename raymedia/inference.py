@@ -85,7 +85,8 @@ class LoadedModels:
 
     ``context.vocab`` is the run's vocabulary: the models' own, or it extended with
     items published since they were trained; the models grow fallback rows for
-    those (``models.grow_items``), so new content is scored the day it appears.
+    those (``models.grow_items``), so new content is scored the day it appears; a content
+    model gives the items its training never touched the same fallback.
     ``section`` names the config section that sizes the actor (its ``num_cpus`` threads).
     """
 
@@ -109,12 +110,12 @@ class LoadedModels:
         if content is None and any(m.model.item_content is not None for m in self.models.values()):
             raise ValueError(f"models {sorted(context.model_uris)} score items by their content, but the "
                              "ScoringContext carries no content tokens (make it with ScoringContext.build)")
-        has_content = None if content is None else torch.tensor(content.has_content)
         for m in self.models.values():
             m.model.set_content(content)                # the day's content, new items included
-            if self.vocab.size > own.size:
+            if self.vocab.size > own.size or m.model.item_content is not None:
                 models.grow_items(m.model, torch.tensor(self.vocab.item_category),
-                                  torch.tensor(self.vocab.popularity), has_content)
+                                  torch.tensor(self.vocab.popularity),
+                                  torch.tensor(own.popularity > 0))   # the model's training counts
                 m.model.to(self.device)
             m.model.double()            # this actor's own copy: float64, see the module doc
             m.model.cache_content()     # every item's content vector, once per actor, in float64

@@ -192,8 +192,7 @@ def _fit(s: TrainSettings, resume) -> None:
     if s.parent and not resume:
         # warm start: the parent's weights, its item table grown for the new items
         parent = checkpoint.load(s.parent)
-        models.grow_items(parent.model, torch.as_tensor(vocab.item_category), torch.as_tensor(vocab.popularity),
-                          None if s.content is None else torch.as_tensor(s.content.has_content))
+        models.grow_items(parent.model, torch.as_tensor(vocab.item_category), torch.as_tensor(vocab.popularity))
         model.load_state_dict(parent.model.state_dict())
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     start, history, best_state = 0, [], None

@@ -37,20 +37,23 @@ def build(kind: str, kwargs: dict, vocab_size: int, num_categories: int, max_len
 
 
 def grow_items(model: torch.nn.Module, item_category: torch.Tensor, popularity: torch.Tensor,
-               has_content: torch.Tensor | None = None) -> None:
+               trained: torch.Tensor | None = None) -> None:
     """Append item rows for items the model has never seen (in place).
 
     A new item starts at the popularity-weighted mean embedding of the known
-    items in its category (of all known items when its category is new), so new
-    content can be scored the day it appears and a warm start begins from a
-    sensible point. A model with a content path gives new items that have content
-    (``has_content``, per grown index) a zero id row instead: their content is what
-    it knows of them, as for the items whose id it dropped in training. Known items
-    keep their rows exactly. ``item_category`` and ``popularity`` are per index of
-    the grown vocabulary.
+    items in its category (of all known items when its category is new:
+    ``content.category_fallback``), so new content can be scored the day it appears
+    and a warm start begins from a sensible point. A model with a content path adds
+    the item's content to that row, and gives the same fallback to the items of its
+    own table that no training example touched (``trained`` False, per index of the
+    table): their id rows are still the random start, which would drown their
+    content, and training replaced the dropped id rows with it (DropoutNet). Known
+    items keep their rows exactly. ``item_category`` and ``popularity`` are per index
+    of the grown vocabulary.
     """
     import torch
 
+    from raymedia.models.content import category_fallback
     from raymedia.models.sampling import popularity_sampler
 
     old = model.item_emb.weight.data
@@ -59,18 +62,13 @@ def grow_items(model: torch.nn.Module, item_category: torch.Tensor, popularity: 
         raise ValueError(f"cannot shrink the item table from {n_old} to {n_new} rows")
     weight = popularity[:n_old].to(old).clamp(min=0) + 1.0
     weight[0] = 0.0                                          # padding is not an item
-    cats = item_category[:n_old].long()
-    k = int(item_category.max()) + 1 if len(item_category) else 1
-    sums = torch.zeros(k, old.shape[1], dtype=old.dtype).index_add_(0, cats, weight[:, None] * old)
-    mass = torch.zeros(k, dtype=old.dtype).index_add_(0, cats, weight)
-    overall = (weight[:, None] * old).sum(0) / weight.sum().clamp(min=1e-12)
-    centroid = torch.where(mass[:, None] > 0, sums / mass.clamp(min=1e-12)[:, None], overall)
-    new_cats = item_category[n_old:].long()
-    rows = torch.where((new_cats > 0)[:, None], centroid[new_cats], overall)
-    if getattr(model, "item_content", None) is not None and has_content is not None:
-        rows = rows * (~has_content[n_old:n_new].to(rows.device)).unsqueeze(1).to(rows.dtype)
+    rows = category_fallback(old, item_category[:n_old].long(), weight, item_category.long())
+    if getattr(model, "item_content", None) is not None and trained is not None:
+        unknown = (~trained[:n_old].to(old.device)).clone()
+        unknown[0] = False
+        old = torch.where(unknown.unsqueeze(1), rows[:n_old], old)
     emb = torch.nn.Embedding(n_new, old.shape[1], padding_idx=0).to(old.device)
-    emb.weight.data = torch.cat([old, rows.to(old)])
+    emb.weight.data = torch.cat([old, rows[n_old:].to(old)])
     model.item_emb = emb
     model.item_category = item_category.to(old.device).long()
     if hasattr(model, "sample_prob"):

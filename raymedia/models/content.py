@@ -13,9 +13,9 @@ carry the meaning. Each field prefixes its tokens (``t:`` title, ``g:`` a tag, .
 same word in a title and in a tag are different rows. The hash is CRC-32: the same token gets
 the same row in every process and on every machine (Python's ``hash`` is salted).
 
-``ContentEncoder``: mean of the item's token rows, plus a projection of ``embedding``; one
-vector per item, computed once per run for the whole catalog, so scoring a new item costs
-nothing per user. ``ItemContent``: the models' item vectors are id row + content vector,
+``ContentEncoder``: the sum of the item's token rows (starting at zero), plus a projection
+of ``embedding``; one vector per item, computed once per run for the whole catalog, so scoring
+a new item costs nothing per user. ``ItemContent``: the models' item vectors are id row + content vector,
 with the id part dropped for a share of items while training (DropoutNet), so the content
 path alone must carry the meaning, and an item with no trained id row is scored from its
 content.
@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import re
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,15 +115,24 @@ def tokenize(catalog: pa.Table, buckets: int) -> ContentTokens:
 
 
 class ContentEncoder(nn.Module):
-    """Content -> one vector per item: mean of the token rows + projected ``embedding``."""
+    """Content -> one vector per item: the sum of its token rows + projected ``embedding``.
+
+    The token rows start at zero, not at random like the id rows: most of an item's tokens
+    are its own (its title's rarer words and their n-grams) and say nothing until training
+    has seen them, and random rows put their noise into every item's vector at once. From
+    zero, a row grows only as far as the items that carry it agree, and a token never
+    trained (a new item's own words) adds nothing. Summed, not averaged: each row then
+    learns at the pace of an id row, where a mean over fifty tokens gave each a fiftieth
+    of the gradient. Measured on one generated world (8 epochs, BENCHMARKS.md): random rows
+    averaged took the sequence model's validation NDCG@10 to 0.20 against 0.27 id-only,
+    normalised to the id rows' scale to 0.28, zero rows averaged to 0.22, zero rows summed
+    to 0.30."""
 
     def __init__(self, dim: int, buckets: int = 1 << 18, embedding_dim: int = 0):
         super().__init__()
         self.buckets = buckets
-        self.bag = nn.EmbeddingBag(buckets, dim, mode="mean", padding_idx=0)
-        nn.init.normal_(self.bag.weight, std=dim ** -0.5)
-        with torch.no_grad():
-            self.bag.weight[0] = 0.0
+        self.bag = nn.EmbeddingBag(buckets, dim, mode="sum", padding_idx=0)
+        nn.init.zeros_(self.bag.weight)
         self.project = nn.Linear(embedding_dim, dim, bias=False) if embedding_dim else None
 
     def forward(self, ids: torch.Tensor, offsets: torch.Tensor,
@@ -217,14 +227,33 @@ class ItemContent(nn.Module):
         keep = (inside & self.has_content[safe]).unsqueeze(1).to(out.dtype)
         return (out * keep).reshape(*idx.shape, -1)
 
-    def combine(self, id_rows: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """Id rows of ``idx`` plus their content vectors (id parts dropped while training)."""
+    def combine(self, id_rows: torch.Tensor, idx: torch.Tensor,
+                fallback: Callable[[], torch.Tensor] | None = None) -> torch.Tensor:
+        """Id rows of ``idx`` plus their content vectors. While training, the id parts of
+        the dropped items become ``fallback()``'s rows (every item's, as for an item whose
+        id no training touched: ``category_fallback``); zero without one."""
         if self.training and self.spec.id_dropout > 0:
             n = max(len(self.has_content), int(idx.max()) + 1 if idx.numel() else 1)
             has = F.pad(self.has_content, (0, n - len(self.has_content)))
-            drop = (torch.rand(n, device=idx.device) < self.spec.id_dropout) & has
-            id_rows = id_rows * (~drop[idx]).unsqueeze(-1).to(id_rows.dtype)
+            drop = ((torch.rand(n, device=idx.device) < self.spec.id_dropout) & has)[idx].unsqueeze(-1)
+            instead = torch.zeros_like(id_rows) if fallback is None else fallback()[idx].to(id_rows.dtype)
+            id_rows = torch.where(drop, instead, id_rows)
         return id_rows + self.vectors(idx).to(id_rows.dtype)
+
+
+def category_fallback(table: torch.Tensor, category: torch.Tensor, weight: torch.Tensor,
+                      wanted: torch.Tensor) -> torch.Tensor:
+    """The id row an item gets when its own says nothing (new, never trained, or dropped
+    in training): the ``weight``-weighted mean of the rows of ``table`` in its category,
+    for each category of ``wanted``; of all rows for category 0 (unknown) and for a
+    category no row has. ``category`` and ``weight`` are per row of ``table``."""
+    k = int(max(int(wanted.max()) if len(wanted) else 0, int(category.max()) if len(category) else 0)) + 1
+    sums = torch.zeros(k, table.shape[1], dtype=table.dtype, device=table.device)
+    sums = sums.index_add(0, category, weight[:, None] * table)
+    mass = torch.zeros(k, dtype=table.dtype, device=table.device).index_add(0, category, weight)
+    overall = (weight[:, None] * table).sum(0) / weight.sum().clamp(min=1e-12)
+    centroid = torch.where(mass[:, None] > 0, sums / mass.clamp(min=1e-12)[:, None], overall)
+    return torch.where((wanted > 0)[:, None], centroid[wanted], overall)
 
 
 def spec_for(tokens: ContentTokens | None, id_dropout: float) -> dict | None:
@@ -276,7 +305,15 @@ class WithContent:
 
     def item_rows(self, idx: torch.Tensor) -> torch.Tensor:
         rows = self.item_emb(idx)
-        return rows if self.item_content is None else self.item_content.combine(rows, idx)
+        return rows if self.item_content is None else self.item_content.combine(rows, idx, self._fallback)
+
+    def _fallback(self) -> torch.Tensor:
+        """Every item's category fallback from the current id rows (no gradient through it),
+        weighted as ``grow_items`` weighs them (``sample_prob``: popularity + 1)."""
+        with torch.no_grad():
+            table = self.item_emb.weight
+            return category_fallback(table, self.item_category, self.sample_prob.to(table.dtype),
+                                     self.item_category)
 
     def all_item_rows(self) -> torch.Tensor:
         """Every item's row (the id table itself when there is no content path)."""

@@ -45,6 +45,8 @@ def _publish(cfg, vocab: Vocab, content: dict | None = None) -> dict[str, str]:
             w = model.item_emb.weight
             w[1:100] = w[101:200] * (1 + 2.0 ** -22)
             w[200:210] = w[210:220]                      # exact ties: the lower index first
+            if model.item_content is not None:           # token rows as training leaves them (they start at 0)
+                model.item_content.encoder.bag.weight[1:].normal_(0, 0.1)
         d = f"{cfg.output.models_uri}-staging/{kind}"
         checkpoint.save_dir(d, model, meta, vocab)
         uris[kind] = checkpoint.publish(d, cfg.output.models_uri, kind, "v1")

@@ -134,7 +134,7 @@ def test_item_content_vectors_of_any_items_equal_the_whole_catalogs_rows():
 
 
 @pytest.mark.parametrize("kind", ["two_tower", "sequence"])
-def test_models_with_content_give_new_items_their_content_alone_and_without_it_stay_as_before(kind):
+def test_models_with_content_give_new_items_the_fallback_plus_content_and_without_it_stay_as_before(kind):
     torch.manual_seed(0)
     cls = models.model_class(kind)
     plain, with_content = cls(6, 3, 5), cls(6, 3, 5, content={"buckets": 512, "embedding_dim": 0})
@@ -142,13 +142,68 @@ def test_models_with_content_give_new_items_their_content_alone_and_without_it_s
     assert set(with_content.state_dict()) - set(plain.state_dict()) == {"item_content.encoder.bag.weight"}
     catalog = pa.table({"item_id": [1, 2, 3, 4, 5, 6, 7], "title": ["a", "b", "c", "d", "e", "f", "new film"]})
     with_content.item_content.set_tokens(catalog_tokens(catalog, pa.array(range(1, 8)), 512))
+    with torch.no_grad():                                   # token rows as training leaves them
+        with_content.item_content.encoder.bag.weight[1:].normal_()
     with_content.eval()
-    models.grow_items(with_content, torch.tensor([0, 1, 1, 2, 2, 0, 1, 1]), torch.ones(8),
-                      torch.tensor([False] + [True] * 7))
+    models.grow_items(with_content, torch.tensor([0, 1, 1, 2, 2, 0, 1, 1]), torch.ones(8))
     m = with_content.item_matrix()
     assert m.shape[0] == 8
-    # the new item (index 7) has a zero id row: its vector is its content's alone
-    assert not with_content.item_emb.weight[7].any() and m[7].abs().sum() > 0
+    # the new item (index 7, category 1) has its category's mean id row, and its content on top
+    table = with_content.item_emb.weight
+    assert torch.allclose(table[7], table[1:3].mean(0))
+    assert not torch.allclose(with_content.item_rows(torch.tensor([7])), table[7])
+
+
+def test_items_training_never_touched_get_the_fallback_and_content_starts_silent():
+    torch.manual_seed(0)
+    model = models.model_class("two_tower")(6, 3, 5, dim=64, content={"buckets": 4096, "embedding_dim": 0},
+                                            item_category=torch.tensor([0, 1, 1, 2, 2, 1]))
+    catalog = pa.table({"item_id": [1, 2, 3, 4, 5], "title": ["a", "shared words", "c", None, "e shared"]})
+    model.item_content.set_tokens(catalog_tokens(catalog, pa.array(range(1, 6)), 4096))
+    # untrained tokens say nothing: a new model's items are their id rows alone
+    assert not model.item_content.vectors(torch.arange(6)).any()
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    model.item_rows(torch.tensor([2])).sum().backward()      # one step on item 2 ("shared words")
+    opt.step()
+    vectors = model.item_content.vectors(torch.arange(6)).detach()
+    # item 2's tokens moved, each by a whole step (summed, not averaged); item 5 shares "shared"
+    assert vectors[2].abs().sum() > 0 and vectors[5].abs().sum() > 0 and not vectors[[1, 3, 4]].any()
+    token = model.item_content.encoder.bag.weight[bucket("t:shared", 4096)]
+    assert torch.allclose(token, torch.full_like(token, -1.0))
+    model.eval()
+    before = model.item_emb.weight.detach().clone()
+    trained = torch.tensor([False, True, False, True, False, True])      # items 2 and 4 never in training
+    pop = torch.tensor([0.0, 3, 0, 1, 0, 1])
+    models.grow_items(model, torch.tensor([0, 1, 1, 2, 2, 1]), pop, trained)
+    after = model.item_emb.weight.detach()
+    weight = (pop + 1)[[1, 2, 5]]                                        # category 1: items 1, 2 and 5
+    mean = (weight[:, None] * before[[1, 2, 5]]).sum(0) / weight.sum()
+    assert torch.allclose(after[2], mean)
+    assert torch.equal(after[[1, 3, 5]], before[[1, 3, 5]])
+    # an id-only model keeps every row it has (its untrained items were never told otherwise)
+    plain = models.model_class("two_tower")(6, 3, 5, item_category=torch.tensor([0, 1, 1, 2, 2, 1]))
+    rows = plain.item_emb.weight.detach().clone()
+    models.grow_items(plain, torch.tensor([0, 1, 1, 2, 2, 1]), pop, trained)
+    assert torch.equal(plain.item_emb.weight, rows)
+
+
+def test_dropped_ids_become_the_category_fallback_while_training():
+    torch.manual_seed(0)
+    model = models.model_class("sequence")(5, 3, 4, content={"buckets": 512, "embedding_dim": 0, "id_dropout": 1.0},
+                                           item_category=torch.tensor([0, 1, 1, 2, 2]))
+    catalog = pa.table({"item_id": [1, 2, 3, 4], "title": ["a", "b", None, "d"]})
+    model.item_content.set_tokens(catalog_tokens(catalog, pa.array(range(1, 5)), 512))
+    model.train()
+    idx = torch.arange(5)
+    rows = model.item_rows(idx) - model.item_content.vectors(idx)
+    table = model.item_emb.weight
+    weight = model.sample_prob
+    mean1 = (weight[1:3, None] * table[1:3]).sum(0) / weight[1:3].sum()
+    assert torch.allclose(rows[1], mean1) and torch.allclose(rows[2], mean1)   # dropped: all with content
+    assert torch.allclose(rows[3], table[3])                                     # no content: kept
+    model.eval()
+    assert torch.allclose(model.item_rows(idx) - model.item_content.vectors(idx), table)
 
 
 def test_items_without_a_category_get_one_predicted_from_their_text():
