@@ -46,11 +46,14 @@ def write_batch(batch: pa.Table, run_uri: str, model_version: str, generated_at:
     n = batch.num_rows
     version = pa.array([model_version] * n)
     users, items = batch["user_id"].type, batch["items"].type.value_type
+    audit = [c for c in schema.RULE_COLUMNS.names if c in batch.column_names]     # list rules set
+    rec_schema = pa.schema([*schema.RECOMMENDATIONS, *(schema.RULE_COLUMNS.field(c) for c in audit)])
     tables = {
         "recommendations": pa.table({"user_id": batch["user_id"], "items": batch["items"],
                                      "scores": batch["scores"], "model_version": version,
-                                     "generated_at": pa.array([ts.value] * n, schema.TS_TYPE)}
-                                    ).cast(schema.with_id_types(schema.RECOMMENDATIONS, users, items)),
+                                     "generated_at": pa.array([ts.value] * n, schema.TS_TYPE),
+                                     **{c: batch[c] for c in audit}}
+                                    ).cast(schema.with_id_types(rec_schema, users, items)),
         "predictions": pa.table({"user_id": batch["user_id"], "p_return_7d": batch["p_return_7d"],
                                  "next_category": batch["next_category"],
                                  "n_events": batch["n_events"], "model_version": version}
