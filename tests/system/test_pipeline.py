@@ -218,3 +218,4 @@ def test_a_run_with_list_rules_writes_lists_that_obey_them_with_reasons(trained_
     assert recs.num_rows == trained_run["result"].counts["users_scored"]
     assert all(reasons.values()), reasons                 # every rule placed items
     assert reasons["pinned"] > recs.num_rows / 2
+    assert storage.read_commit(f"{root}/ruled", day).details["list_rules"] == reasons
