@@ -347,68 +347,26 @@ class _Caps:
 
 def _one(rules: ListRules, facts: ItemFacts, items: np.ndarray, eff: np.ndarray, raw: np.ndarray,
          lifted: np.ndarray, history: np.ndarray, user_key: int, pin_scores: np.ndarray) -> list[tuple]:
-    """One user's list: (index, score, model score, reason) per place."""
-    K = rules.top_k
+    """One user's list from their candidates in boosted order: (index, score, model score,
+    reason) per place."""
     shown = np.isfinite(pin_scores) & facts.allowed[facts.pins]
     pins = [(int(p), int(i), float(s)) for p, i, s in
             zip(facts.pin_positions[shown], facts.pins[shown], pin_scores[shown])]
-    pinned = np.array([i for _, i, _ in pins], np.int64)
-    keep = ~np.isin(items, pinned)
-    reason = np.where(lifted, FRESH, MODEL)
-    score = eff.copy()
-    if rules.collapse_series != "off":
-        series = facts.series[items]
-        keep &= ~((series > 0) & np.isin(series, facts.series[pinned]))
-        if rules.collapse_series == "next":       # the episode takes its series' place and score
-            perm = _next_episodes(facts, items, series, keep, history)
-            items, raw = items[perm], raw[perm]
-        first = _firsts(series, keep)
-        keep &= (series == 0) | first
-    if rules.dedup_key != "off":
-        dedup = facts.dedup[items]
-        keep &= ~((dedup > 0) & np.isin(dedup, facts.dedup[pinned]))
-        keep &= (dedup == 0) | _firsts(dedup, keep)
-    rows = np.flatnonzero(keep)
-    items, score, raw, reason = items[rows], score[rows], raw[rows], reason[rows]
+    perm, keep = _collapse(rules, facts, items, facts.pins[shown], history)
+    # a next episode (perm) takes its series' place: the place's score and reason, its own model score
+    items, raw = items[perm][keep], raw[perm][keep]
+    score, reason = eff[keep], np.where(lifted, FRESH, MODEL)[keep]
     caps = _Caps(rules, facts)
     for _, i, _ in pins:
         caps.add(i)
     taken = np.zeros(len(items), bool)
-    explored = []
-    slots = K - len(pins)
-    if rules.explore_slots and slots > 0:
-        usual = facts.category[history]
-        cats = facts.category[items]
-        outside = np.flatnonzero((cats > 0) & ~np.isin(cats, usual))
-        order = outside[np.lexsort((items[outside], explore_keys(user_key, facts.day, items[outside])))]
-        for j in order.tolist():
-            if len(explored) == min(rules.explore_slots, slots):
-                break
-            if caps.admits(int(items[j])):
-                caps.add(int(items[j]))
-                taken[j] = True
-                explored.append((int(items[j]), float(score[j]), float(raw[j]), EXPLORE))
-    model = []
-    slots -= len(explored)
-    cats = facts.category[items]
-    for j in range(len(items)):
-        if len(model) == slots:
-            break
-        if taken[j]:
-            continue
-        item = int(items[j])
-        if not caps.admits(item):
-            continue
-        need, left = rules.min_categories - len(caps.categories), slots - len(model)
-        if need >= left and not (cats[j] and int(cats[j]) not in caps.categories) and \
-                min(need, _new_categories(caps, items, cats, taken, j)) >= left:
-            continue            # each place left must bring a new category, and the candidates can
-        caps.add(item)
-        taken[j] = True
-        model.append((item, float(score[j]), float(raw[j]), int(reason[j])))
-    queue = model + explored
+    slots = rules.top_k - len(pins)
+    explored = _explore(rules, facts, items, history, user_key, caps, taken, slots)
+    chosen = _fill(rules, facts, items, caps, taken, slots - len(explored))
+    queue = ([(int(items[j]), float(score[j]), float(raw[j]), int(reason[j])) for j in chosen] +
+             [(int(items[j]), float(score[j]), float(raw[j]), EXPLORE) for j in explored])
     out: list[tuple] = []
-    p = q = 0
+    p = q = 0                   # pins at their places; the list has no holes
     while p < len(pins) or q < len(queue):
         if p < len(pins) and (pins[p][0] == len(out) or q == len(queue)):
             out.append((pins[p][1], pins[p][2], pins[p][2], PINNED))
@@ -416,6 +374,68 @@ def _one(rules: ListRules, facts: ItemFacts, items: np.ndarray, eff: np.ndarray,
         else:
             out.append(queue[q])
             q += 1
+    return out
+
+
+def _collapse(rules: ListRules, facts: ItemFacts, items: np.ndarray, pinned: np.ndarray,
+              history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(a permutation of the candidates, the positions that survive it): none of a pin's
+    series or dedup key, one per series (the best-ranked place, holding the next episode
+    with ``next``: the permutation) and one per dedup key."""
+    perm, keep = np.arange(len(items)), ~np.isin(items, pinned)
+    if rules.collapse_series != "off":
+        series = facts.series[items]
+        keep &= ~((series > 0) & np.isin(series, facts.series[pinned]))
+        if rules.collapse_series == "next":
+            perm = _next_episodes(facts, items, series, keep, history)     # swaps within a series
+        keep &= (series == 0) | _firsts(series, keep)
+    if rules.dedup_key != "off":
+        dedup = facts.dedup[items[perm]]
+        keep &= ~((dedup > 0) & np.isin(dedup, facts.dedup[pinned]))
+        keep &= (dedup == 0) | _firsts(dedup, keep)
+    return perm, np.flatnonzero(keep)
+
+
+def _explore(rules: ListRules, facts: ItemFacts, items: np.ndarray, history: np.ndarray, user_key: int,
+             caps: _Caps, taken: np.ndarray, slots: int) -> list[int]:
+    """Positions of the explored candidates: outside the categories of the user's history,
+    in the order of a hash of (user, day, item), as far as the caps admit."""
+    want = min(rules.explore_slots, slots)
+    if want <= 0:
+        return []
+    cats = facts.category[items]
+    outside = np.flatnonzero((cats > 0) & ~np.isin(cats, facts.category[history]))
+    out = []
+    for j in outside[np.lexsort((items[outside], explore_keys(user_key, facts.day, items[outside])))].tolist():
+        if len(out) == want:
+            break
+        if caps.admits(int(items[j])):
+            caps.add(int(items[j]))
+            taken[j] = True
+            out.append(j)
+    return out
+
+
+def _fill(rules: ListRules, facts: ItemFacts, items: np.ndarray, caps: _Caps, taken: np.ndarray,
+          slots: int) -> list[int]:
+    """Positions of the model's items: the best-ranked the caps admit, in order; once each
+    place left must bring a new category for ``min_categories`` (and the candidates still
+    can), only those."""
+    out = []
+    cats = facts.category[items]
+    for j in range(len(items)):
+        if len(out) >= slots:
+            break
+        item = int(items[j])
+        if taken[j] or not caps.admits(item):
+            continue
+        need, left = rules.min_categories - len(caps.categories), slots - len(out)
+        if need >= left and not (cats[j] and int(cats[j]) not in caps.categories) and \
+                min(need, _new_categories(caps, items, cats, taken, j)) >= left:
+            continue
+        caps.add(item)
+        taken[j] = True
+        out.append(j)
     return out
 
 
