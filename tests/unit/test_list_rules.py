@@ -299,4 +299,19 @@ def test_a_users_list_does_not_depend_on_the_batch():
 def test_no_rule_is_inactive_and_any_rule_is_active():
     assert not _rules().active and not _rules("rules.candidates=50").active
     for rule in WORLD:
-        assert _rules(rule, *(["rules.fresh_half_life_days=3", "rules.fresh_boost=1"] if "fresh" in rule else [])).active
+        fresh = ["rules.fresh_half_life_days=3", "rules.fresh_boost=1"] if "fresh" in rule else []
+        assert _rules(rule, *fresh).active
+
+
+def test_masks_alone_keep_the_model_order():
+    r = _rules("rules.exclude_categories=c3", "rules.max_age_days=10")
+    facts, u = _facts(r), _users(4)
+    for b, lst in enumerate(_run(r, facts, u)):
+        cands = _candidates(facts, u, b)
+        assert [i for i, *_ in lst] == cands[:K]             # the top-K of what the masks leave
+        assert all(s == m and x == "model" for _, s, m, x in lst)
+    at = {v: i + 1 for i, v in enumerate(VOCAB_IDS.to_pylist())}
+    for row in _catalog().to_pylist():                    # no date: kept
+        old = row["published_at"] is not None and ASOF_US - row["published_at"].timestamp() * 1e6 > 10 * DAY_US
+        assert facts.allowed[at[row["item_id"]]] == (row["category"] != "c3" and not old)
+    assert (~facts.allowed[1:]).sum() > ITEMS / 2
