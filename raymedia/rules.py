@@ -239,13 +239,19 @@ class ItemFacts:
 @dataclass(frozen=True)
 class Lists:
     """The users' final lists, one after another (``lengths`` items each): vocabulary
-    indices, the score each was ranked by (a pin's: its model score), the raw model score
-    and the reason (``REASONS`` code)."""
-    idx: np.ndarray             # int64
-    scores: np.ndarray          # float32
-    model_scores: np.ndarray    # float32
-    reason: np.ndarray          # int8
-    lengths: np.ndarray         # (B,) int64
+    indices, the score each was ranked by (a pin's: its model score) and, when rules made
+    them, the raw model score and the reason (``REASONS`` code)."""
+    idx: np.ndarray                         # int64
+    scores: np.ndarray                      # float32
+    lengths: np.ndarray                     # (B,) int64
+    model_scores: np.ndarray | None = None  # float32
+    reason: np.ndarray | None = None        # int8
+
+    @classmethod
+    def top(cls, idx: np.ndarray, scores: np.ndarray) -> Lists:
+        """The (B, K) top-K as it is, without rules; -inf: fewer items, a shorter list."""
+        valid = np.isfinite(scores)
+        return cls(idx[valid], scores[valid], valid.sum(1))
 
     def reason_names(self) -> pa.Array:
         return pa.array(REASONS).take(pa.array(self.reason.astype(np.int64)))
@@ -315,9 +321,9 @@ def rerank(rules: ListRules, facts: ItemFacts, idx: np.ndarray, scores: np.ndarr
     lengths = np.array([len(r) for r in out], np.int64)
     flat = [x for r in out for x in r]
     return Lists(idx=np.array([x[0] for x in flat], np.int64),
-                 scores=np.array([x[1] for x in flat], np.float32),
+                 scores=np.array([x[1] for x in flat], np.float32), lengths=lengths,
                  model_scores=np.array([x[2] for x in flat], np.float32),
-                 reason=np.array([x[3] for x in flat], np.int8), lengths=lengths)
+                 reason=np.array([x[3] for x in flat], np.int8))
 
 
 class _Caps:

@@ -151,27 +151,23 @@ class Scorer(LoadedModels):
         return pa.concat_tables(parts)
 
     def _lists(self, users: pa.Table, idx: np.ndarray, scores: np.ndarray, history: np.ndarray,
-               pin_scores: np.ndarray | None) -> rules.Lists | tuple:
-        """The users' lists from their top-N: re-ranked by the rules, else the top-K itself
-        (a tuple: item indices, scores, lengths)."""
+               pin_scores: np.ndarray | None) -> rules.Lists:
+        """The users' lists from their top-N: re-ranked by the rules, else the top-K itself."""
         if self.facts is None:
-            valid = np.isfinite(scores)                 # fewer than K unmasked items: shorter list
-            return idx[valid], scores[valid], valid.sum(1)
+            return rules.Lists.top(idx, scores)
         return rules.rerank(self.rules, self.facts, idx, scores, history,
                             features.user_hash(users["user_id"]), pin_scores)
 
-    def _rows(self, users: pa.Table, lists: rules.Lists | tuple, p_return: pa.Array, next_category: pa.Array,
+    def _rows(self, users: pa.Table, lists: rules.Lists, p_return: pa.Array, next_category: pa.Array,
               cold: bool) -> pa.Table:
-        idx, scores, lengths = ((lists.idx, lists.scores, lists.lengths) if isinstance(lists, rules.Lists)
-                                else lists)
-        offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
-        audit = {} if not isinstance(lists, rules.Lists) else {
+        offsets = pa.array(np.concatenate([[0], np.cumsum(lists.lengths)]).astype(np.int32))
+        audit = {} if lists.reason is None else {
             "reason": pa.ListArray.from_arrays(offsets, lists.reason_names()),
             "model_scores": pa.ListArray.from_arrays(offsets, pa.array(lists.model_scores, pa.float32()))}
         return pa.table({
             "user_id": users["user_id"],
-            "items": pa.ListArray.from_arrays(offsets, self.vocab.ids(idx)),
-            "scores": pa.ListArray.from_arrays(offsets, pa.array(scores, pa.float32())),
+            "items": pa.ListArray.from_arrays(offsets, self.vocab.ids(lists.idx)),
+            "scores": pa.ListArray.from_arrays(offsets, pa.array(lists.scores, pa.float32())),
             **audit,
             "p_return_7d": p_return,
             "next_category": next_category,
