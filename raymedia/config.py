@@ -190,15 +190,15 @@ class RulesConfig:
     max_age_days: float = _f(0.0, lo=0.0, doc="never list items published more than this many days "
                                               "before the run (0: off; items without a date stay)")
     include_items: str = _names("only these item ids may be listed (with the other include_* "
-                                    "lists: items matching any of them)")
+                                "lists: items matching any of them)")
     include_categories: str = _names("only items of these categories may be listed")
     include_tags: str = _names("only items with one of these tags may be listed")
     exclude_items: str = _names("these item ids are never listed")
     exclude_categories: str = _names("items of these categories are never listed")
     exclude_tags: str = _names("items with any of these tags are never listed")
     pins: str = _names("editorial pins, 'item_id@position,...' (positions 1-based, <= score.top_k): "
-                           "the item at that place of every list where it may be shown (not seen by "
-                           "the user, recommendable, not excluded)")
+                       "the item at that place of every list where it may be shown (not seen by "
+                       "the user, recommendable, not excluded)")
     explore_share: float = _f(0.0, lo=0.0, hi=1.0, doc="share of the top_k places given to candidates outside "
                                                        "the user's usual categories, chosen per (user, day) by "
                                                        "a hash, at the end of the list")

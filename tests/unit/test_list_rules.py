@@ -315,3 +315,13 @@ def test_masks_alone_keep_the_model_order():
         old = row["published_at"] is not None and ASOF_US - row["published_at"].timestamp() * 1e6 > 10 * DAY_US
         assert facts.allowed[at[row["item_id"]]] == (row["category"] != "c3" and not old)
     assert (~facts.allowed[1:]).sum() > ITEMS / 2
+
+
+def test_lists_in_config_read_from_yaml_lists_numbers_or_comma_separated_text(tmp_path):
+    f = tmp_path / "rules.yaml"
+    f.write_text("rules:\n  exclude_items: [1010, n7]\n  exclude_tags: kids\n  pins: 'a@1, b@3'\n")
+    cfg = config.load(str(f), ["rules.include_items=42"])
+    assert (cfg.rules.exclude_items, cfg.rules.exclude_tags, cfg.rules.include_items) == ("1010,n7", "kids", "42")
+    r = ListRules.from_config(cfg)
+    assert r.exclude_items == ("1010", "n7") and r.pins == (("a", 0), ("b", 2))
+    assert "exclude_items: 1010,n7" in config.dump(cfg)
