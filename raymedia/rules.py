@@ -327,28 +327,28 @@ def rerank(rules: ListRules, facts: ItemFacts, idx: np.ndarray, scores: np.ndarr
 
 
 class _Caps:
-    """Counts of a list being built: which items the caps still admit, its categories."""
+    """Counts of a list being built: which items the caps still admit, its categories. An
+    item is given by its (category, subcategory, series) codes, as Python ints (a list is
+    built item by item)."""
 
-    def __init__(self, rules: ListRules, facts: ItemFacts):
-        self.keys = [(facts.category, rules.max_per_category), (facts.subcategory, rules.max_per_subcategory),
-                     (facts.series, rules.max_per_series)]
-        self.counts: list[dict[int, int]] = [{}, {}, {}]
+    def __init__(self, rules: ListRules):
+        self.caps = (rules.max_per_category, rules.max_per_subcategory, rules.max_per_series)
+        self.counts: tuple[dict[int, int], ...] = ({}, {}, {})
         self.categories: set[int] = set()
-        self.category = facts.category
 
-    def admits(self, item: int) -> bool:
-        for (codes, cap), counts in zip(self.keys, self.counts):
-            c = int(codes[item])
-            if cap and c and counts.get(c, 0) >= cap:
-                return False
-        return True
+    def admits(self, codes: tuple[int, int, int]) -> bool:
+        return not any(cap and c and counts.get(c, 0) >= cap
+                       for c, cap, counts in zip(codes, self.caps, self.counts))
 
-    def add(self, item: int) -> None:
-        for (codes, _), counts in zip(self.keys, self.counts):
-            c = int(codes[item])
+    def add(self, codes: tuple[int, int, int]) -> None:
+        for c, counts in zip(codes, self.counts):
             counts[c] = counts.get(c, 0) + 1
-        if self.category[item]:
-            self.categories.add(int(self.category[item]))
+        if codes[0]:
+            self.categories.add(codes[0])
+
+
+def _codes(facts: ItemFacts, items: np.ndarray) -> list[tuple[int, int, int]]:
+    return list(zip(facts.category[items].tolist(), facts.subcategory[items].tolist(), facts.series[items].tolist()))
 
 
 def _one(rules: ListRules, facts: ItemFacts, items: np.ndarray, eff: np.ndarray, raw: np.ndarray,
@@ -362,13 +362,13 @@ def _one(rules: ListRules, facts: ItemFacts, items: np.ndarray, eff: np.ndarray,
     # a next episode (perm) takes its series' place: the place's score and reason, its own model score
     items, raw = items[perm][keep], raw[perm][keep]
     score, reason = eff[keep], np.where(lifted, FRESH, MODEL)[keep]
-    caps = _Caps(rules, facts)
-    for _, i, _ in pins:
-        caps.add(i)
-    taken = np.zeros(len(items), bool)
+    caps = _Caps(rules)
+    for c in _codes(facts, facts.pins[shown]):
+        caps.add(c)
+    codes, taken = _codes(facts, items), [False] * len(items)
     slots = rules.top_k - len(pins)
-    explored = _explore(rules, facts, items, history, user_key, caps, taken, slots)
-    chosen = _fill(rules, facts, items, caps, taken, slots - len(explored))
+    explored = _explore(rules, facts, items, codes, history, user_key, caps, taken, slots)
+    chosen = _fill(rules, codes, caps, taken, slots - len(explored))
     queue = ([(int(items[j]), float(score[j]), float(raw[j]), int(reason[j])) for j in chosen] +
              [(int(items[j]), float(score[j]), float(raw[j]), EXPLORE) for j in explored])
     out: list[tuple] = []
@@ -402,8 +402,8 @@ def _collapse(rules: ListRules, facts: ItemFacts, items: np.ndarray, pinned: np.
     return perm, np.flatnonzero(keep)
 
 
-def _explore(rules: ListRules, facts: ItemFacts, items: np.ndarray, history: np.ndarray, user_key: int,
-             caps: _Caps, taken: np.ndarray, slots: int) -> list[int]:
+def _explore(rules: ListRules, facts: ItemFacts, items: np.ndarray, codes: list, history: np.ndarray,
+             user_key: int, caps: _Caps, taken: list[bool], slots: int) -> list[int]:
     """Positions of the explored candidates: outside the categories of the user's history,
     in the order of a hash of (user, day, item), as far as the caps admit."""
     want = min(rules.explore_slots, slots)
@@ -415,31 +415,28 @@ def _explore(rules: ListRules, facts: ItemFacts, items: np.ndarray, history: np.
     for j in outside[np.lexsort((items[outside], explore_keys(user_key, facts.day, items[outside])))].tolist():
         if len(out) == want:
             break
-        if caps.admits(int(items[j])):
-            caps.add(int(items[j]))
+        if caps.admits(codes[j]):
+            caps.add(codes[j])
             taken[j] = True
             out.append(j)
     return out
 
 
-def _fill(rules: ListRules, facts: ItemFacts, items: np.ndarray, caps: _Caps, taken: np.ndarray,
-          slots: int) -> list[int]:
+def _fill(rules: ListRules, codes: list, caps: _Caps, taken: list[bool], slots: int) -> list[int]:
     """Positions of the model's items: the best-ranked the caps admit, in order; once each
     place left must bring a new category for ``min_categories`` (and the candidates still
     can), only those."""
     out = []
-    cats = facts.category[items]
-    for j in range(len(items)):
+    for j, c in enumerate(codes):
         if len(out) >= slots:
             break
-        item = int(items[j])
-        if taken[j] or not caps.admits(item):
+        if taken[j] or not caps.admits(c):
             continue
         need, left = rules.min_categories - len(caps.categories), slots - len(out)
-        if need >= left and not (cats[j] and int(cats[j]) not in caps.categories) and \
-                min(need, _new_categories(caps, items, cats, taken, j)) >= left:
+        if need >= left and not (c[0] and c[0] not in caps.categories) and \
+                min(need, _new_categories(caps, codes, taken, j)) >= left:
             continue
-        caps.add(item)
+        caps.add(c)
         taken[j] = True
         out.append(j)
     return out
@@ -454,14 +451,10 @@ def _firsts(codes: np.ndarray, keep: np.ndarray) -> np.ndarray:
     return out
 
 
-def _new_categories(caps: _Caps, items: np.ndarray, cats: np.ndarray, taken: np.ndarray, start: int) -> int:
+def _new_categories(caps: _Caps, codes: list, taken: list[bool], start: int) -> int:
     """How many categories not yet in the list the candidates from ``start`` on can still add."""
-    new = set()
-    for j in range(start, len(items)):
-        c = int(cats[j])
-        if c and c not in caps.categories and c not in new and not taken[j] and caps.admits(int(items[j])):
-            new.add(c)
-    return len(new)
+    return len({c[0] for c, t in zip(codes[start:], taken[start:])
+                if c[0] and c[0] not in caps.categories and not t and caps.admits(c)})
 
 
 def _next_episodes(facts: ItemFacts, items: np.ndarray, series: np.ndarray, keep: np.ndarray,
