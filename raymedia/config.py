@@ -34,6 +34,12 @@ def _f(default: Any, *, lo: float | None = None, hi: float | None = None, gt: fl
     return field(default=default, metadata={"lo": lo, "hi": hi, "gt": gt, "doc": doc})
 
 
+def _names(doc: str) -> Any:
+    """A list of names or ids, kept as one comma-separated string (what ``--set a=1,2`` gives);
+    a YAML list or a single number is read as that string."""
+    return field(default="", metadata={"names": True, "doc": doc})
+
+
 # keys that moved to the section of the stage that reads them: an old key fails naming the new
 # one (silently ignoring it, or reading it as before, would run with a setting the user did not ask for)
 MOVED = {
@@ -157,6 +163,48 @@ class ScoreConfig:
 
 
 @dataclass
+class RulesConfig:
+    """List rules (``raymedia/rules.py``): a deterministic re-ranking of each user's exact top-N
+    candidates into the top_k that is written. Every rule is off by default; with none set
+    scoring writes exactly the recommender's top-K. Lists of ids, categories or tags are
+    YAML lists or comma-separated strings."""
+    candidates: int = _f(0, lo=0, doc="exact top-N of the recommender re-ranked by the rules (0: 4 x score.top_k)")
+    collapse_series: Literal["off", "best", "next"] = _f(
+        "off", doc="one item per catalog series_id: best, the best-scored candidate; next, the user's "
+                   "next unwatched episode among the candidates (from the start of a series they have "
+                   "not watched; the best-scored one when none is after their last), in the series' place")
+    dedup_key: Literal["off", "title", "description"] = _f(
+        "off", doc="near-duplicates: one item per value of this catalog column (case, spacing and "
+                   "punctuation ignored), the best-scored")
+    max_per_category: int = _f(0, lo=0, doc="at most this many items of one category per list (0: no cap)")
+    max_per_subcategory: int = _f(0, lo=0, doc="at most this many items of one catalog subcategory (0: no cap)")
+    max_per_series: int = _f(0, lo=0, doc="at most this many items of one catalog series_id (0: no cap)")
+    min_categories: int = _f(0, lo=0, doc="at least this many distinct categories per list, as far as "
+                                          "the candidates allow (0: off)")
+    fresh_boost: float = _f(0.0, lo=0.0, doc="freshness: weight w of the boost w * 2^(-age / half-life) "
+                                             "(0: off); needs fresh_half_life_days")
+    fresh_half_life_days: float = _f(0.0, lo=0.0, doc="age in days at which the freshness boost halves")
+    fresh_mode: Literal["add", "multiply"] = _f(
+        "multiply", doc="add the boost to the model score (model-score units), or multiply by "
+                        "(1 + boost) (a negative score is divided, so a boost always raises)")
+    max_age_days: float = _f(0.0, lo=0.0, doc="never list items published more than this many days "
+                                              "before the run (0: off; items without a date stay)")
+    include_items: str = _names("only these item ids may be listed (with the other include_* "
+                                "lists: items matching any of them)")
+    include_categories: str = _names("only items of these categories may be listed")
+    include_tags: str = _names("only items with one of these tags may be listed")
+    exclude_items: str = _names("these item ids are never listed")
+    exclude_categories: str = _names("items of these categories are never listed")
+    exclude_tags: str = _names("items with any of these tags are never listed")
+    pins: str = _names("editorial pins, 'item_id@position,...' (positions 1-based, <= score.top_k): "
+                       "the item at that place of every list where it may be shown (not seen by "
+                       "the user, recommendable, not excluded)")
+    explore_share: float = _f(0.0, lo=0.0, hi=1.0, doc="share of the top_k places given to candidates outside "
+                                                       "the user's usual categories, chosen per (user, day) by "
+                                                       "a hash, at the end of the list")
+
+
+@dataclass
 class EvalConfig:
     """The evaluation run (``raymedia/evaluate.py``): its own actor pool, sized apart from scoring."""
     k: int = _f(10, lo=1)
@@ -216,6 +264,7 @@ class Config:
     sequence: SequenceConfig = field(default_factory=SequenceConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    rules: RulesConfig = field(default_factory=RulesConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
@@ -295,6 +344,8 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
             kwargs[name] = _build(tp, data.get(name, {}), full + ".")
             continue
         value = data.get(name, f.default if f.default is not dataclasses.MISSING else None)
+        if f.metadata.get("names") and isinstance(value, (list, int, float)) and not isinstance(value, bool):
+            value = ",".join(map(str, value if isinstance(value, list) else [value]))
         value = _check(value, tp, full)
         lo, hi, gt = f.metadata.get("lo"), f.metadata.get("hi"), f.metadata.get("gt")
         if value is not None and lo is not None and value < lo:
@@ -335,6 +386,8 @@ def _cross_checks(cfg: Config) -> None:
     if cfg.two_tower.last_items > cfg.data.history_len:
         raise ConfigError(f"two_tower.last_items ({cfg.two_tower.last_items}) must be <= "
                           f"data.history_len ({cfg.data.history_len})")
+    from raymedia.rules import ListRules
+    ListRules.from_config(cfg)          # ConfigError naming the rules.* key
     unknown = set(cfg.model_names()) - set(MODEL_KINDS)
     if unknown:
         raise ConfigError(f"train.models has unknown model(s) {sorted(unknown)}; "

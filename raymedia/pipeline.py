@@ -25,7 +25,7 @@ from raymedia.kinds import KINDS as MODEL_KINDS
 from raymedia.models.content import CategoryFill, ContentTokens, fill_categories, in_use, run_tokens
 from raymedia.score import Scorer
 from raymedia.train import train
-from raymedia.writer import RunWriter, write_batch
+from raymedia.writer import RunWriter, reason_counts, write_batch
 
 log = logging.getLogger(__name__)
 
@@ -366,12 +366,14 @@ def _produce(cfg: Config, day: dt.date, sink: RunWriter, train_models: bool,
               "new_items": inputs.state_info["new_items"], "vocab_items": inputs.vocab.size - 1,
               "state_users": inputs.state_info["users"], "input_partitions": len(inputs.partitions),
               "input_rows": inputs.stats.input_rows, "rejected_rows": inputs.stats.rejected_rows}
+    hits = reason_counts(written)        # list rules: listed items per reason
     result = RunResult(day.isoformat(), run_id, sink.commit_uri, model_uris, metrics, counts, secs,
                        {"state": inputs.state_info, "training": asdict(plan) if plan else None},
                        content=content_info(context.content, inputs.categories))
     sink.write_json("summary", "summary.json", asdict(result))
     return result, sink.manifest(versions, inputs.partitions, cfg.hash(), generated_at,
                                 {"input": asdict(inputs.stats), "state": inputs.state_info, "counts": counts,
+                                 **({"list_rules": hits} if hits else {}),
                                  "models": verified, **({"content": result.content} if result.content else {})})
 
 

@@ -97,6 +97,12 @@ RECOMMENDATIONS = pa.schema([
     pa.field("model_version", pa.string()),
     pa.field("generated_at", TS_TYPE),
 ])
+# added to the recommendations when list rules are set (``raymedia/rules.py``): per item, the
+# rule that placed it (model / fresh / explore / pinned) and its raw model score
+RULE_COLUMNS = pa.schema([
+    pa.field("reason", pa.list_(pa.string())),
+    pa.field("model_scores", pa.list_(pa.float32())),
+])
 PREDICTIONS = pa.schema([
     pa.field("user_id", pa.int64(), nullable=False),
     pa.field("p_return_7d", pa.float32()),

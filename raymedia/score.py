@@ -25,8 +25,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from raymedia import ranking
+from raymedia import features, ranking, rules
 from raymedia.config import Config
+from raymedia.data import read
 from raymedia.inference import LoadedModels, ScoringContext
 
 log = logging.getLogger(__name__)
@@ -76,19 +77,34 @@ class Scorer(LoadedModels):
     history (only impressions, or only items nobody can score) are cold-start
     users: they get the most popular recommendable items, no predictions, and
     are counted (``cold_start``).
+
+    With list rules (``cfg.rules``, ``raymedia.rules``) each user's larger top-N is
+    re-ranked into the list, and the rows carry ``reason`` and ``model_scores``; the
+    catalog facts the rules read are made once per actor.
     """
 
     def __init__(self, context: ScoringContext, cfg: Config, recommendable: np.ndarray | None = None):
         super().__init__(context, cfg)
+        self.rules = rules.ListRules.from_config(cfg)
+        self.facts = (rules.ItemFacts.build(self.rules, read.read_catalog(cfg.data.catalog_uri),
+                                            self.vocab.item_ids, self.asof_us) if self.rules.active else None)
+        if self.rules.masks:            # include / exclude / max age: never candidates
+            recommendable = self.facts.allowed & (True if recommendable is None else recommendable)
         self.blocked = self.mask(recommendable)
+        self.k = self.rules.n_candidates if self.facts else cfg.score.top_k
+        self.pins = None if self.facts is None else torch.as_tensor(self.facts.pins, device=self.device)
         popularity = torch.as_tensor(np.log1p(self.vocab.popularity), dtype=torch.float32,
                                      device=self.device)
         chunk = cfg.score.item_chunk
         scores, idx = ranking.topk(
             ranking.ChunkScores(lambda a, b: popularity[a:b].unsqueeze(0).clone(), len(popularity), chunk),
-            cfg.score.top_k, chunk, None, self.blocked)
+            self.k, chunk, None, self.blocked)
         valid = torch.isfinite(scores[0])
         self.popular = (idx[0][valid].cpu().numpy(), scores[0][valid].cpu().numpy())
+        if self.facts is not None:      # the pins' popularity scores, for cold-start users
+            self.popular_pins = popularity[self.pins].masked_fill(
+                ranking.masked_pairs(torch.zeros_like(self.pins), self.pins, None, self.blocked),
+                float("-inf")).cpu().numpy()
         self.trim_heap = HeapTrimmer()
 
     def compute(self, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -101,14 +117,20 @@ class Scorer(LoadedModels):
             h = seq.user_states(x)              # one transformer pass serves the top-K and both heads
             last = seq.user_vectors(x, h)
             users = last.float() if rec == "sequence" else self.user_vectors(rec, x)
-            scores, idx = ranking.topk(self.item_scores(rec, users), self.cfg.score.top_k,
-                                       self.cfg.score.item_chunk, seen, self.blocked)
+            item_scores = self.item_scores(rec, users)
+            scores, idx = ranking.topk(item_scores, self.k, self.cfg.score.item_chunk, seen, self.blocked)
+            out = {"scores": scores, "idx": idx}
+            if self.pins is not None and len(self.pins):    # the pins' model scores; -inf: not shown
+                rows = torch.arange(len(users), device=users.device).repeat_interleave(len(self.pins))
+                cols = self.pins.repeat(len(users))
+                out["pin_scores"] = item_scores.exact(rows, cols).masked_fill_(
+                    ranking.masked_pairs(rows, cols, seen, self.blocked), float("-inf")).view(len(users), -1)
             p_return = torch.sigmoid(seq.return_logit(h, x)).float()
             logits = seq.category_head(last).float()     # ties (after rounding) to the lower index
             # index 0 is 'unknown': predict a named category when the catalog has any
             next_cat = (logits[:, 1:].argmax(1) + 1 if logits.shape[1] > 1
                         else torch.zeros(len(logits), dtype=torch.long, device=logits.device))
-        return {"scores": scores, "idx": idx, "p_return": p_return, "next_category": next_cat}
+        return {**out, "p_return": p_return, "next_category": next_cat}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         has_history = pc.list_value_length(batch["items"]).to_numpy(zero_copy_only=False) > 0
@@ -116,25 +138,37 @@ class Scorer(LoadedModels):
         if has_history.any():
             kept, x = self.inputs(batch.filter(pa.array(has_history)), "score")
             out = {k: v.cpu().numpy() for k, v in self.compute(x).items()}
-            valid = np.isfinite(out["scores"])          # fewer than K unmasked items: shorter list
-            parts.append(self._rows(kept, out["idx"][valid], out["scores"][valid], valid.sum(1),
-                                    pa.array(out["p_return"], pa.float32()),
+            lists = self._lists(kept, out["idx"], out["scores"], x["seen"].cpu().numpy(), out.get("pin_scores"))
+            parts.append(self._rows(kept, lists, pa.array(out["p_return"], pa.float32()),
                                     self.vocab.category_names(out["next_category"]), False))
         if not has_history.all():
             cold = batch.filter(pa.array(~has_history))
             n, (idx, scores) = cold.num_rows, self.popular
-            parts.append(self._rows(cold, np.tile(idx, n), np.tile(scores, n), np.full(n, len(idx)),
-                                    pa.nulls(n, pa.float32()), pa.nulls(n, pa.string()), True))
+            lists = self._lists(cold, np.tile(idx, (n, 1)), np.tile(scores, (n, 1)), np.zeros((n, 1), np.int64),
+                                None if self.facts is None else np.tile(self.popular_pins, (n, 1)))
+            parts.append(self._rows(cold, lists, pa.nulls(n, pa.float32()), pa.nulls(n, pa.string()), True))
         self.trim_heap()
         return pa.concat_tables(parts)
 
-    def _rows(self, users: pa.Table, idx: np.ndarray, scores: np.ndarray, lengths: np.ndarray,
-              p_return: pa.Array, next_category: pa.Array, cold: bool) -> pa.Table:
-        offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+    def _lists(self, users: pa.Table, idx: np.ndarray, scores: np.ndarray, history: np.ndarray,
+               pin_scores: np.ndarray | None) -> rules.Lists:
+        """The users' lists from their top-N: re-ranked by the rules, else the top-K itself."""
+        if self.facts is None:
+            return rules.Lists.top(idx, scores)
+        return rules.rerank(self.rules, self.facts, idx, scores, history,
+                            features.user_hash(users["user_id"]), pin_scores)
+
+    def _rows(self, users: pa.Table, lists: rules.Lists, p_return: pa.Array, next_category: pa.Array,
+              cold: bool) -> pa.Table:
+        offsets = pa.array(np.concatenate([[0], np.cumsum(lists.lengths)]).astype(np.int32))
+        audit = {} if lists.reason is None else {
+            "reason": pa.ListArray.from_arrays(offsets, lists.reason_names()),
+            "model_scores": pa.ListArray.from_arrays(offsets, pa.array(lists.model_scores, pa.float32()))}
         return pa.table({
             "user_id": users["user_id"],
-            "items": pa.ListArray.from_arrays(offsets, self.vocab.ids(idx)),
-            "scores": pa.ListArray.from_arrays(offsets, pa.array(scores, pa.float32())),
+            "items": pa.ListArray.from_arrays(offsets, self.vocab.ids(lists.idx)),
+            "scores": pa.ListArray.from_arrays(offsets, pa.array(lists.scores, pa.float32())),
+            **audit,
             "p_return_7d": p_return,
             "next_category": next_category,
             "n_events": users["n_events"],

@@ -14,6 +14,7 @@ The pipeline says *what* to write; this module lists it and commits it
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import uuid
 from collections.abc import Iterable
@@ -41,16 +42,20 @@ def write_part(batch: pa.Table, run_uri: str, table: str) -> pa.Table:
 
 def write_batch(batch: pa.Table, run_uri: str, model_version: str, generated_at: str) -> pa.Table:
     """Write one scored batch as a recommendations file and a predictions file; return their
-    names, row counts and how many of the users were cold-start users."""
+    names, row counts, how many of the users were cold-start users and, with list rules, how
+    many items each reason placed (``reasons``, JSON)."""
     ts = pa.scalar(dt.datetime.fromisoformat(generated_at), schema.TS_TYPE)
     n = batch.num_rows
     version = pa.array([model_version] * n)
     users, items = batch["user_id"].type, batch["items"].type.value_type
+    audit = [c for c in schema.RULE_COLUMNS.names if c in batch.column_names]     # list rules set
+    rec_schema = pa.schema([*schema.RECOMMENDATIONS, *(schema.RULE_COLUMNS.field(c) for c in audit)])
     tables = {
         "recommendations": pa.table({"user_id": batch["user_id"], "items": batch["items"],
                                      "scores": batch["scores"], "model_version": version,
-                                     "generated_at": pa.array([ts.value] * n, schema.TS_TYPE)}
-                                    ).cast(schema.with_id_types(schema.RECOMMENDATIONS, users, items)),
+                                     "generated_at": pa.array([ts.value] * n, schema.TS_TYPE),
+                                     **{c: batch[c] for c in audit}}
+                                    ).cast(schema.with_id_types(rec_schema, users, items)),
         "predictions": pa.table({"user_id": batch["user_id"], "p_return_7d": batch["p_return_7d"],
                                  "next_category": batch["next_category"],
                                  "n_events": batch["n_events"], "model_version": version}
@@ -58,7 +63,22 @@ def write_batch(batch: pa.Table, run_uri: str, model_version: str, generated_at:
     }
     out = pa.concat_tables([write_part(t, run_uri, name) for name, t in tables.items()])
     cold = int(pc.sum(batch["cold_start"]).as_py() or 0)
-    return out.append_column("cold_start", pa.array([cold] * out.num_rows))
+    out = out.append_column("cold_start", pa.array([cold] * out.num_rows))
+    if audit:           # list rules: how many listed items each reason placed (``reason_counts``)
+        placed = pc.value_counts(pc.list_flatten(batch["reason"])).to_pylist()
+        counts = json.dumps({p["values"]: p["counts"] for p in placed}, sort_keys=True)
+        out = out.append_column("reasons", pa.array([counts] * out.num_rows))
+    return out
+
+
+def reason_counts(written: Iterable[dict]) -> dict[str, int]:
+    """Listed items per ``reason`` over a run's recommendations files ({} without list rules)."""
+    total: dict[str, int] = {}
+    for w in written:
+        if w["table"] == "recommendations" and w.get("reasons"):
+            for reason, n in json.loads(w["reasons"]).items():
+                total[reason] = total.get(reason, 0) + n
+    return dict(sorted(total.items()))
 
 
 class RunWriter:

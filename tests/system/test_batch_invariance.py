@@ -59,7 +59,8 @@ def _catalog(path: str) -> str:
     words = np.array(["storm", "league", "election", "recipe", "film", "market", "goal", "vote"])
     titles = [None if i % 10 == 0 else " ".join(rng.choice(words, 3)) for i in range(ITEMS)]
     pq.write_table(schema.conform_catalog(pa.table({"item_id": np.arange(1000, 1000 + ITEMS),
-                                                    "title": titles})), path)
+                                                    "title": titles,
+                                                    "category": [f"c{i % 8}" for i in range(ITEMS)]})), path)
     return path
 
 
@@ -98,15 +99,22 @@ def setup(tmp_path_factory):
     torch.set_num_threads(1)
 
 
-@pytest.mark.parametrize("recommender,precision,content", [
-    ("sequence", "fp32", False), ("two_tower", "fp32", False), ("sequence", "bf16", False),
-    ("sequence", "fp32", True), ("two_tower", "fp32", True)])   # models with a content path
-def test_every_batching_position_and_thread_count_gives_the_same_bits(setup, recommender, precision, content):
+# list rules (raymedia/rules.py): near-duplicate titles, category caps, a pin, exploration
+RULES = ("rules.dedup_key=title", "rules.max_per_category=4", "rules.min_categories=7", "rules.pins=1005@2",
+         "rules.explore_share=0.2")
+
+
+@pytest.mark.parametrize("recommender,precision,content,rules", [
+    ("sequence", "fp32", False, ()), ("two_tower", "fp32", False, ()), ("sequence", "bf16", False, ()),
+    ("sequence", "fp32", True, ()), ("two_tower", "fp32", True, ()),   # models with a content path
+    ("sequence", "fp32", False, RULES)])
+def test_every_batching_position_and_thread_count_gives_the_same_bits(setup, recommender, precision, content,
+                                                                      rules):
     h, n = setup["histories"], setup["histories"].num_rows
 
     def scorer(threads: int) -> Scorer:
         cfg = _cfg(setup["root"], f"score.recommender={recommender}", f"score.precision={precision}",
-                   f"score.num_cpus={threads}")
+                   f"score.num_cpus={threads}", f"data.catalog_uri={setup['catalog']}", *rules)
         context = ScoringContext.build(setup["uris"][content], ASOF, setup["vocab"], setup["catalog"])
         assert (context.content is not None) == content
         return Scorer(context, cfg, setup["recommendable"])
@@ -115,6 +123,10 @@ def test_every_batching_position_and_thread_count_gives_the_same_bits(setup, rec
     alone = _by_user(pa.concat_tables([one(h.slice(i, 1)) for i in range(n)]))
     assert len(alone) == n and sum(r["cold_start"] for r in alone.values()) == 2
     assert all(len(r["items"]) == 25 for r in alone.values())
+    if rules:                                            # the rules did shape the lists
+        pinned = [r["reason"].index("pinned") for r in alone.values() if "pinned" in r["reason"]]
+        assert set(pinned) == {1} and len(pinned) > n / 2
+        assert sum("explore" in r["reason"] for r in alone.values()) > n / 4    # the rest know all 8 categories
     rng = np.random.default_rng(3)
     for _ in range(3):                                   # random orders and batch sizes
         order, parts, start = rng.permutation(n), [], 0

@@ -182,3 +182,40 @@ def test_heap_trimmer_trims_only_past_its_slack():
     assert trim() is False
     trim.slack = 0
     assert trim() is True and trim.floor == pytest.approx(HeapTrimmer.private_bytes(), rel=0.05)
+
+
+def test_a_run_with_list_rules_writes_lists_that_obey_them_with_reasons(trained_run):
+    """``raymedia run`` with rules set (the session's models, no training): every list keeps
+    the rules, and each item says why it is there."""
+    from conftest import small_overrides
+    from raymedia import cli
+    root, day = trained_run["root"], trained_run["day"]
+    catalog = pq.read_table(f"{root}/catalog").to_pylist()
+    facts = {r["item_id"]: r for r in catalog}
+    pin = next(r["item_id"] for r in catalog if r["available"] and r["category"] != "cat_00" and r["series_id"] is None)
+    sets = small_overrides(root, "eval.enabled=false", f"output.uri={root}/ruled", "rules.collapse_series=best",
+                           "rules.max_per_category=5", "rules.min_categories=6", "rules.fresh_boost=0.5",
+                           "rules.fresh_half_life_days=2", f"rules.pins={pin}@2", "rules.explore_share=0.1",
+                           "rules.exclude_categories=cat_00")
+    assert cli.main(["run", "--no-train", "--date", day.isoformat(), *[a for s in sets for a in ("--set", s)]]) == 0
+    recs = storage.read_committed(f"{root}/ruled", day, "recommendations")
+    assert recs.schema.field("reason").type == pa.list_(pa.string())
+    assert recs.schema.field("model_scores").type == pa.list_(pa.float32())
+    reasons = {x: 0 for x in ("model", "fresh", "explore", "pinned")}
+    for row in recs.to_pylist():
+        items, why = row["items"], row["reason"]
+        assert len(items) == len(why) == len(row["model_scores"]) == len(row["scores"]) == 20
+        cats = [facts[i]["category"] for i in items]
+        assert "cat_00" not in cats and max(cats.count(c) for c in cats) <= 5 and len(set(cats)) >= 6
+        series = [facts[i]["series_id"] for i in items if facts[i]["series_id"] is not None]
+        assert len(series) == len(set(series))
+        assert all((i == pin) == (w == "pinned") for i, w in zip(items, why))
+        assert pin not in items or items.index(pin) == 1
+        placed = [s for s, w in zip(row["scores"], why) if w in ("model", "fresh")]
+        assert placed == sorted(placed, reverse=True)
+        for w in why:
+            reasons[w] += 1
+    assert recs.num_rows == trained_run["result"].counts["users_scored"]
+    assert all(reasons.values()), reasons                 # every rule placed items
+    assert reasons["pinned"] > recs.num_rows / 2
+    assert storage.read_commit(f"{root}/ruled", day).details["list_rules"] == reasons

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from raymedia import storage
+from raymedia import schema, storage
 from raymedia.data.importers import import_events
 from raymedia.writer import RunWriter, write_batch, write_part
 
@@ -201,3 +201,20 @@ def test_partitioned_writes_with_threads_equal_the_serial_ones(tmp_path):
     for a, b in zip(serial, threaded):
         assert pq.read_table(a) == pq.read_table(b)
     assert pq.read_table(serial[1])["x"].to_pylist() == [1, 3]      # day order kept, no dt column
+
+
+def test_list_rule_columns_are_written_and_their_reasons_counted_only_when_present(tmp_path):
+    from raymedia.writer import reason_counts
+    plain = write_batch(_scored([1, 2], [False, False]), str(tmp_path), "v1", "2026-01-10T00:00:00+00:00")
+    ruled = _scored([3, 4], [False, True])
+    ruled = ruled.add_column(3, "reason", pa.array([["pinned", "model"], ["model", "explore"]]))
+    ruled = ruled.add_column(4, "model_scores", pa.array([[0.75, 0.5], [0.5, 0.125]], pa.list_(pa.float32())))
+    rows = write_batch(ruled, str(tmp_path), "v1", "2026-01-10T00:00:00+00:00").to_pylist()
+    files = {r["table"]: r["file"] for r in rows}
+    recs = pq.read_table(str(tmp_path / files["recommendations"]))
+    assert recs.column_names == [*schema.RECOMMENDATIONS.names, "reason", "model_scores"]
+    assert recs["reason"].to_pylist() == [["pinned", "model"], ["model", "explore"]]
+    assert reason_counts(rows) == {"explore": 1, "model": 2, "pinned": 1}
+    assert "reasons" not in plain.column_names and reason_counts(plain.to_pylist()) == {}
+    first = plain.to_pylist()[0]["file"]
+    assert pq.read_table(str(tmp_path / first)).schema.names == schema.RECOMMENDATIONS.names
