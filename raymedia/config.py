@@ -34,6 +34,11 @@ def _f(default: Any, *, lo: float | None = None, hi: float | None = None, gt: fl
     return field(default=default, metadata={"lo": lo, "hi": hi, "gt": gt, "doc": doc})
 
 
+def split_names(text: str) -> tuple[str, ...]:
+    """The names of a comma-separated field (``train.models``, the ``rules`` lists), blanks dropped."""
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
 def _names(doc: str) -> Any:
     """A list of names or ids, kept as one comma-separated string (what ``--set a=1,2`` gives);
     a YAML list or a single number is read as that string."""
@@ -280,7 +285,7 @@ class Config:
         return hashlib.sha256(blob).hexdigest()[:16]
 
     def model_names(self) -> list[str]:
-        return [m.strip() for m in self.train.models.split(",") if m.strip()]
+        return list(split_names(self.train.models))
 
 
 def _check(value: Any, tp: Any, name: str) -> Any:

@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from raymedia.config import Config, ConfigError
+from raymedia.config import Config, ConfigError, split_names
 
 log = logging.getLogger(__name__)
 
@@ -51,10 +51,6 @@ US_PER_DAY = 86_400_000_000
 
 def _np(a) -> np.ndarray:
     return a.to_numpy(zero_copy_only=False)
-
-
-def _names(text: str) -> tuple[str, ...]:
-    return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
 @dataclass(frozen=True)
@@ -106,9 +102,9 @@ class ListRules:
         r, lists = cfg.rules, {}
         for f in fields(cls):
             if f.name.startswith(("include_", "exclude_")):
-                lists[f.name] = _names(getattr(r, f.name))
+                lists[f.name] = split_names(getattr(r, f.name))
         pins = []
-        for spec in _names(r.pins):
+        for spec in split_names(r.pins):
             item, at, pos = spec.rpartition("@")
             if not at or not item.strip() or not re.fullmatch(r"\d+", pos.strip()):
                 raise ConfigError(f"rules.pins: {spec!r} must look like item_id@position (e.g. 42@1)")
