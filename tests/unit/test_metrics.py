@@ -190,3 +190,72 @@ def test_item_knn_by_hand():
     # one neighbour kept per item: item 1 keeps its closest (2)
     assert np.count_nonzero(item_knn([batch], 4, 10, neighbours=1)[1]) == 1
     assert item_knn([batch], 4, 10**6) is None               # too large a catalog: skipped
+
+
+# ---------------------------------------------------------------------------------------
+# beyond accuracy
+
+def test_category_diversity_and_distinct_categories_by_hand():
+    from raymedia.metrics import (category_diversity, distinct_categories, list_category_diversity,
+                                  list_distinct_categories)
+    category = np.array([0, 1, 1, 2, 3, 0])       # item 5: unknown category
+    top = np.array([[1, 2, 3, 0],                 # cats 1 1 2: 2 of 3 pairs differ
+                    [1, 3, 4, 5],                 # cats 1 2 3 (+unknown): 3 of 3 pairs
+                    [1, 2, 0, 0],                 # cats 1 1: 0 of 1 pair
+                    [5, 4, -1, -1],               # one known item: no pair (-1: empty, eval's)
+                    [0, 0, 0, 0]])                # empty
+    assert np.allclose(list_category_diversity(top, category)[:3], [2 / 3, 1.0, 0.0])
+    assert np.isnan(list_category_diversity(top, category)[3:]).all()
+    assert category_diversity(top, category) == pytest.approx((2 / 3 + 1 + 0) / 3)
+    assert list_distinct_categories(top, category).tolist() == [2, 3, 1, 1, 0]
+    assert distinct_categories(top, category) == pytest.approx(7 / 5)
+    assert math.isnan(category_diversity(top[3:], category))
+
+
+def test_embedding_diversity_by_hand():
+    from raymedia.metrics import embedding_diversity, list_embedding_diversity
+    vectors = np.array([[0, 0], [1, 0], [0, 2], [-3, 0], [1, 1], [0, 0]], dtype=np.float32)
+    top = np.array([[1, 2, 3], [1, 4, 0], [2, 0, 0], [1, 5, 0]])
+    # list 0: (1,2) orthogonal 1, (1,3) opposite 2, (2,3) orthogonal 1 -> 4/3
+    # list 1: (1,4) cos 1/sqrt2; list 2: one item; list 3: item 5 is a zero vector -> 1
+    per = list_embedding_diversity(top, vectors)
+    assert per[0] == pytest.approx(4 / 3) and per[1] == pytest.approx(1 - 1 / math.sqrt(2))
+    assert math.isnan(per[2]) and per[3] == pytest.approx(1.0)
+    assert embedding_diversity(top, vectors) == pytest.approx((4 / 3 + 1 - 1 / math.sqrt(2) + 1) / 3)
+    # a list's value does not depend on the lists computed with it
+    rng = np.random.default_rng(0)
+    v, t = rng.normal(size=(50, 8)), rng.integers(0, 50, (300, 10))
+    assert np.array_equal(list_embedding_diversity(t, v, chunk=7)[5:9], list_embedding_diversity(t[5:9], v))
+
+
+def test_novelty_is_self_information_with_a_floor_of_one():
+    from raymedia.metrics import novelty, self_information
+    pop = np.array([0, 8, 4, 2, 2, 0])            # 16 interactions; item 5 never taken
+    info = self_information(pop)
+    assert info[1:].tolist() == [1.0, 2.0, 3.0, 3.0, 4.0]
+    assert novelty(np.array([[1, 2, 0], [5, -1, 0]]), pop) == pytest.approx((1 + 2 + 4) / 3)
+    assert math.isnan(novelty(np.zeros((2, 3), np.int64), pop))
+
+
+def test_serendipity_counts_relevant_items_outside_the_primitive_list():
+    from raymedia.metrics import serendipity
+    top = np.array([[1, 2, 3, 4], [5, 6, 0, 0], [0, 0, 0, 0]])
+    targets = np.array([[2, 4], [6, 0], [1, 0]])
+    popular = np.array([1, 2, 7])                 # one primitive list for everybody
+    # list 0: 2 relevant but expected, 4 relevant and unexpected -> 1/4; list 1: 6 -> 1/2
+    assert serendipity(top, targets, popular) == pytest.approx((1 / 4 + 1 / 2) / 2)
+    per_user = np.array([[9, 9], [6, 0], [1, 1]])   # a primitive list per user
+    assert serendipity(top, targets, per_user) == pytest.approx((2 / 4 + 0) / 2)
+    assert serendipity(top, np.array([2, 6, 1]), popular) == pytest.approx((0 + 1 / 2) / 2)
+
+
+def test_freshness_and_new_item_share_by_hand():
+    from raymedia.metrics import freshness, new_item_share, weighted_median
+    age = np.array([np.nan, 1.0, 3.0, np.nan, 10.0])     # item 3 has no publish date
+    top = np.array([[1, 2, 3], [1, 4, 0], [1, -1, 0]])
+    f = freshness(top, age)
+    # dated listed items: 1, 2, 1, 4, 1 -> ages 1 3 1 10 1
+    assert f == {"dated_items": 5, "mean_age_days": pytest.approx(16 / 5), "median_age_days": 1.0}
+    assert freshness(top[:2, :2], age)["median_age_days"] == np.median([1, 3, 1, 10])
+    assert weighted_median([5.0, 1.0, 3.0], [1, 0, 3]) == 3.0 and math.isnan(weighted_median([1.0], [0]))
+    assert new_item_share(top, np.array([False, False, True, True, False])) == pytest.approx(2 / 6)
