@@ -226,6 +226,11 @@ def test_embedding_diversity_by_hand():
     rng = np.random.default_rng(0)
     v, t = rng.normal(size=(50, 8)), rng.integers(0, 50, (300, 10))
     assert np.array_equal(list_embedding_diversity(t, v, chunk=7)[5:9], list_embedding_diversity(t[5:9], v))
+    u = v / np.linalg.norm(v, axis=1, keepdims=True)
+    for row, got in zip(t[:20], list_embedding_diversity(t[:20], v)):      # against every pair
+        items = row[row > 0]
+        pairs = [1 - u[a] @ u[b] for i, a in enumerate(items) for b in items[i + 1:]]
+        assert got == pytest.approx(np.mean(pairs), abs=1e-12)
 
 
 def test_novelty_is_self_information_with_a_floor_of_one():
