@@ -57,8 +57,8 @@ import torch
 from raymedia import baselines, features, ranking
 from raymedia.config import Config
 from raymedia.inference import LoadedModels, ScoringContext, actor_pool
-from raymedia.metrics import (auc, brier, calibration, coverage, hit_rate, mrr, ndcg, popularity_bias,
-                              popularity_percentile)
+from raymedia.metrics import (auc, brier, calibration, category_diversity, coverage, hit_rate, mrr, ndcg,
+                              novelty, popularity_bias, popularity_percentile, serendipity)
 
 SCHEMA_VERSION = 1
 SAMPLED_NEGATIVES = 100
@@ -264,7 +264,7 @@ class Evaluator(LoadedModels):
         chunk, k, n_items = self.cfg.eval.item_chunk, self.cfg.eval.k, self.vocab.size
         neg = torch.as_tensor(_sampled_negatives(features.user_hash(kept["user_id"]),
                                                  x["target"].cpu().numpy(), n_items), device=self.device)
-        out = {"n_events": x["length"].cpu().numpy()}
+        out = {"n_events": x["length"].cpu().numpy(), "target": x["target"].cpu().numpy()}
         with torch.inference_mode():
             for name, fn in self.rankers(x).items():
                 r = rank_all(fn, n_items, x["target"], neg, k, chunk, seen, self.blocked)
@@ -282,10 +282,14 @@ class Evaluator(LoadedModels):
 
 
 def summarize(rows: dict[str, np.ndarray], k: int, popularity: np.ndarray | None = None,
-              exclude_seen: bool | None = None, protocol: str = "leave-last-out") -> dict:
+              exclude_seen: bool | None = None, protocol: str = "leave-last-out",
+              category: np.ndarray | None = None) -> dict:
     """metrics.json from the per-user evaluation rows (schema ``SCHEMA_VERSION``).
 
-    ``popularity`` (per vocabulary index) gives catalog coverage and popularity bias."""
+    ``popularity`` (per vocabulary index) gives catalog coverage, popularity bias and
+    novelty; with the rows' ``target`` also serendipity against the ``popularity`` ranker's
+    list (each user's, with their masks); ``category`` (per vocabulary index) the category
+    diversity of the top-K lists."""
     ranked = sorted(c[len("rank_"):] for c in rows if c.startswith("rank_"))
     users = int(len(rows["ret_label"]))
     result = {"schema_version": SCHEMA_VERSION, "protocol": protocol, "ranking": "full",
@@ -304,6 +308,11 @@ def summarize(rows: dict[str, np.ndarray], k: int, popularity: np.ndarray | None
         if top is not None and pct is not None:
             m["coverage"] = coverage(top[:, :k], len(popularity) - 1)
             m["popularity_bias"] = popularity_bias(top[:, :k], pct)
+            m["novelty_bits"] = novelty(top[:, :k], popularity)
+            if "target" in rows and "top_popularity" in rows:
+                m["serendipity"] = serendipity(top[:, :k], rows["target"], rows["top_popularity"][:, :k])
+        if top is not None and category is not None:
+            m["category_diversity"] = category_diversity(top[:, :k], category)
         result["models"][name] = m
         if f"sampled_{name}" in rows:
             s = rows[f"sampled_{name}"]
@@ -365,7 +374,8 @@ def evaluate(histories: ray.data.Dataset, inputs: EvalInputs, cfg: Config) -> di
                                                                   vocab.size, cfg.baselines))
     rows = collect(histories, inputs, cfg)
     pop = vocab.popularity if vocab is not None else None
-    result = summarize(rows, cfg.eval.k, pop, cfg.data.exclude_seen, inputs.protocol)
+    result = summarize(rows, cfg.eval.k, pop, cfg.data.exclude_seen, inputs.protocol,
+                       vocab.item_category if vocab is not None else None)
     if inputs.fitted is not None:
         result["baseline_fits"] = {**{n: {"seconds": s} for n, s in inputs.fitted.seconds.items()},
                                    **{n: {"skipped": why} for n, why in inputs.fitted.skipped.items()}}

@@ -171,14 +171,13 @@ def list_embedding_diversity(top: np.ndarray, vectors: np.ndarray, chunk: int = 
     (|sum u|^2 - sum |u|^2) / 2. Each list's value is computed alone (float64, ``chunk``
     lists at a time, no BLAS), so it does not depend on the other lists passed with it."""
     top = np.asarray(top, dtype=np.int64)
-    v = np.asarray(vectors, dtype=np.float64)
-    norm = np.linalg.norm(v, axis=1, keepdims=True)
-    unit = np.divide(v, norm, out=np.zeros_like(v), where=norm > 0)
     out = np.full(len(top), np.nan)
     for a in range(0, len(top), chunk):
         t = top[a:a + chunk]
         valid = t > 0
-        g = unit[np.maximum(t, 0)] * valid[:, :, None]
+        g = np.asarray(vectors[np.maximum(t, 0)], dtype=np.float64)     # only the listed rows
+        norm = np.sqrt((g * g).sum(-1, keepdims=True))
+        g = np.divide(g, norm, out=np.zeros_like(g), where=(norm > 0) & valid[:, :, None])
         s = g.sum(1)
         sim = ((s * s).sum(-1) - (g * g).sum(-1).sum(-1)) / 2
         n = valid.sum(1).astype(np.float64)

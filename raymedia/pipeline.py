@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 import pyarrow as pa
 import ray
 
-from raymedia import checkpoint, features, schema, storage
+from raymedia import checkpoint, features, lists, report, schema, storage
 from raymedia.config import Config
 from raymedia.data import read, state
 from raymedia.data.vocab import Vocab
@@ -356,17 +356,21 @@ def _produce(cfg: Config, day: dt.date, sink: RunWriter, train_models: bool,
     sink.record("user_state", inputs.state_files, inputs.state_info["users"])
     sink.record_writes(written)
     sink.record_folder("rejects", inputs.stats.rejected_rows)
+    hits = reason_counts(written)        # list rules: listed items per reason
     metrics: dict = {}
     if cfg.eval.enabled:
         with _timed(secs, "evaluate"):
             metrics = evaluate(inputs.histories, EvalInputs(context), cfg)
+            run_lists = lists.of_run(written, inputs.vocab, cfg.data.catalog_uri, day.isoformat(), hits,
+                                     cfg.score.recommender)
+            metrics.update({"lists": run_lists} if run_lists else {})
             sink.write_json("metrics", "metrics.json", metrics)
+            sink.write_bytes("metrics", "report.html", report.render(metrics).encode())
     counts = {"users_scored": sink.rows.get("recommendations", 0),
               "cold_start_users": sum(int(w["cold_start"]) for w in written if w["table"] == "recommendations"),
               "new_items": inputs.state_info["new_items"], "vocab_items": inputs.vocab.size - 1,
               "state_users": inputs.state_info["users"], "input_partitions": len(inputs.partitions),
               "input_rows": inputs.stats.input_rows, "rejected_rows": inputs.stats.rejected_rows}
-    hits = reason_counts(written)        # list rules: listed items per reason
     result = RunResult(day.isoformat(), run_id, sink.commit_uri, model_uris, metrics, counts, secs,
                        {"state": inputs.state_info, "training": asdict(plan) if plan else None},
                        content=content_info(context.content, inputs.categories))

@@ -117,11 +117,15 @@ def plot_popularity(m: dict):
     return fig
 
 
+BEYOND = {"coverage": "coverage", "popularity_bias": "popularity bias", "novelty_bits": "novelty (bits)",
+          "category_diversity": "category diversity", "serendipity": "serendipity"}
+
+
 def _table(m: dict) -> str:
     k = m["k"]
     sampled = m.get("sampled", {}).get("models", {})
-    cols = [f"hr@{k}", f"ndcg@{k}", "mrr", "coverage", "popularity_bias"]
-    head = "".join(f"<th>{html.escape(c.upper() if '@' in c else c)}</th>" for c in cols)
+    cols = [f"hr@{k}", f"ndcg@{k}", "mrr", *BEYOND]
+    head = "".join(f"<th>{html.escape(c.upper() if '@' in c else BEYOND.get(c, c))}</th>" for c in cols)
     rows = []
     for name, mm in sorted(m["models"].items(), key=lambda kv: -_val(kv[1][f"ndcg@{k}"])):
         cells = "".join(f"<td>{_fmt(mm.get(c))}</td>" for c in cols)
@@ -134,7 +138,39 @@ def _table(m: dict) -> str:
             f"<th>sampled NDCG@{k}</th></tr>{''.join(rows)}</table>"
             f"<p class=note>Full ranking over all {m.get('catalog_items')} items is the primary figure; "
             f"the sampled columns rank the test item against {neg} random negatives and are "
-            f"always labelled sampled.</p>")
+            f"always labelled sampled. Beyond accuracy, over each ranker's top-{k} lists: coverage of "
+            f"the catalog, mean popularity percentile, novelty (mean -log2 of the items' share of "
+            f"interactions), category diversity (share of item pairs in different categories) and "
+            f"serendipity (share of listed items that are the held-out item and not in the popularity "
+            f"list).</p>")
+
+
+LIST_ROWS = (("users", "users (lists)"), ("mean_length", "mean list length"),
+             ("category_diversity", "category diversity (share of item pairs in different categories)"),
+             ("distinct_categories", "distinct categories per list"),
+             ("embedding_diversity", "embedding diversity (mean cosine distance of item pairs)"),
+             ("novelty_bits", "novelty (mean -log2 share of interactions, bits)"),
+             ("mean_age_days", "mean age of listed items (days)"), ("median_age_days", "median age (days)"),
+             ("new_item_share", "share of new items (no training interaction)"),
+             ("coverage", "catalog coverage"), ("distinct_items", "distinct items listed"),
+             ("catalog_items", "recommendable catalog items"))
+
+
+def lists_table(m: dict) -> str:
+    """The run's committed lists (metrics.json ``lists``): one row per statistic, then the
+    items each list rule placed; empty when the metrics have no ``lists`` (``raymedia evaluate``)."""
+    lists = m.get("lists")
+    if not lists:
+        return ""
+    rows = "".join(f"<tr><td>{html.escape(label)}</td><td>{_fmt(lists.get(key))}</td></tr>"
+                   for key, label in LIST_ROWS)
+    hits = lists.get("rule_hits") or {}
+    rows += "".join(f"<tr><td>items placed by rule: {html.escape(r)}</td><td>{n}</td></tr>"
+                    for r, n in sorted(hits.items()))
+    return (f'<h2>Lists</h2><table data-table="lists"><tr><th>the run\'s committed lists</th><th></th></tr>'
+            f"{rows}</table><p class=note>Every list the run wrote (after the list rules, cold-start users "
+            f"included); embedding distance in the item vectors of the {html.escape(str(lists.get('embedding_model')))} "
+            f"model; ages over the {lists.get('dated_items')} listed items with a publish date.</p>")
 
 
 def _fits(m: dict) -> str:
@@ -173,13 +209,14 @@ def table(metrics: dict) -> str:
     sampled = metrics.get("sampled", {}).get("models", {})
     base = set(metrics.get("baselines", []))
     head = (f"{'model':<16} {'HR@' + str(k):>7} {'NDCG@' + str(k):>8} {'MRR':>7} {'cover':>6} "
-            f"{'popbias':>7} | {'sampled HR@' + str(k):>14} {'NDCG@' + str(k):>8}")
+            f"{'popbias':>7} {'novelty':>7} {'catdiv':>7} | {'sampled HR@' + str(k):>14} {'NDCG@' + str(k):>8}")
     lines = [head, "-" * len(head)]
     for name, m in sorted(metrics.get("models", {}).items(), key=lambda kv: -(kv[1][f"ndcg@{k}"] or 0)):
         s = sampled.get(name, {})
         label = name + (" *" if name in base else "")
         lines.append(f"{label:<16} {_num(m[f'hr@{k}'])} {_num(m[f'ndcg@{k}'], 8)} {_num(m.get('mrr'))} "
-                     f"{_num(m.get('coverage'), 6)} {_num(m.get('popularity_bias'))} | "
+                     f"{_num(m.get('coverage'), 6)} {_num(m.get('popularity_bias'))} "
+                     f"{_num(m.get('novelty_bits'))} {_num(m.get('category_diversity'))} | "
                      f"{_num(s.get(f'hr@{k}'), 14)} {_num(s.get(f'ndcg@{k}'), 8)}")
     ret = metrics.get("return")
     seen = {True: "seen items excluded", False: "repeats allowed", None: ""}[metrics.get("exclude_seen")]
@@ -193,11 +230,25 @@ def table(metrics: dict) -> str:
         lines.append("baselines: " + "; ".join(
             f"{n} fitted in {f['seconds']:.1f}s" if "seconds" in f else f"{n} skipped ({f.get('skipped')})"
             for n, f in sorted(fits.items())))
+    if metrics.get("lists"):
+        lines.append(lists_line(metrics["lists"]))
     if ret:
         lines.append(f"return-within-7d: AUC {_num(ret.get('auc')).strip()}, ECE {_num(ret.get('ece')).strip()}, "
                      f"Brier {_num(ret.get('brier')).strip()} on {ret['users']} held-out users "
                      f"(base rate {_num(ret.get('base_rate')).strip()})")
     return "\n".join(lines)
+
+
+def lists_line(lists: dict) -> str:
+    """The run's lists in one printed line (``table``)."""
+    hits = ", ".join(f"{r} {n}" for r, n in sorted((lists.get("rule_hits") or {}).items()))
+    return (f"lists: {lists['users']} users, {_num(lists.get('mean_length')).strip()} items each, category "
+            f"diversity {_num(lists.get('category_diversity')).strip()}, "
+            f"{_num(lists.get('distinct_categories')).strip()} categories, embedding diversity "
+            f"{_num(lists.get('embedding_diversity')).strip()}, novelty {_num(lists.get('novelty_bits')).strip()} "
+            f"bits, median age {_num(lists.get('median_age_days')).strip()} days, new items "
+            f"{_num(lists.get('new_item_share')).strip()}, coverage {_num(lists.get('coverage')).strip()}"
+            + (f"; placed by rule: {hits}" if hits else ""))
 
 
 def _num(v, width: int = 7) -> str:
@@ -240,6 +291,7 @@ metrics.json schema version {m.get('schema_version')}.</p>
 {f"<p>{html.escape(cold_items_line(m))}.</p>" if m.get("cold_items") else ""}
 {_table(m)}
 {_fits(m)}
+{lists_table(m)}
 <p>Return within 7 days: AUC {_fmt(ret.get('auc'))}, ECE {_fmt(ret.get('ece'))}, Brier {_fmt(ret.get('brier'))}
 on {ret.get('users', 0)} held-out users (base rate {_fmt(ret.get('base_rate'))}).</p>
 {''.join(sections)}

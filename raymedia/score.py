@@ -29,6 +29,7 @@ from raymedia import features, ranking, rules
 from raymedia.config import Config
 from raymedia.data import read
 from raymedia.inference import LoadedModels, ScoringContext
+from raymedia.lists import STATS, user_stats
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,9 @@ class Scorer(LoadedModels):
     With list rules (``cfg.rules``, ``raymedia.rules``) each user's larger top-N is
     re-ranked into the list, and the rows carry ``reason`` and ``model_scores``; the
     catalog facts the rules read are made once per actor.
+
+    With evaluation on (``cfg.eval.enabled``) each row also carries ``STATS``: the final
+    list's per-list statistics (``raymedia.lists``), summed by ``write_batch``, not written.
     """
 
     def __init__(self, context: ScoringContext, cfg: Config, recommendable: np.ndarray | None = None):
@@ -105,6 +109,9 @@ class Scorer(LoadedModels):
             self.popular_pins = popularity[self.pins].masked_fill(
                 ranking.masked_pairs(torch.zeros_like(self.pins), self.pins, None, self.blocked),
                 float("-inf")).cpu().numpy()
+        # the run's list statistics: categories of the vocabulary, the recommender's item vectors
+        self.item_vectors = (self.items[cfg.score.recommender].cpu().numpy()
+                             if cfg.eval.enabled else None)
         self.trim_heap = HeapTrimmer()
 
     def compute(self, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -173,5 +180,7 @@ class Scorer(LoadedModels):
             "next_category": next_category,
             "n_events": users["n_events"],
             "cold_start": pa.array(np.full(users.num_rows, cold)),
+            **({} if self.item_vectors is None else
+               {STATS: user_stats(lists.idx, lists.lengths, self.vocab.item_category, self.item_vectors)}),
         })
 

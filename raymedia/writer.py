@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from raymedia import schema, storage
+from raymedia.lists import STATS, ListSums
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,8 @@ def write_part(batch: pa.Table, run_uri: str, table: str) -> pa.Table:
 def write_batch(batch: pa.Table, run_uri: str, model_version: str, generated_at: str) -> pa.Table:
     """Write one scored batch as a recommendations file and a predictions file; return their
     names, row counts, how many of the users were cold-start users and, with list rules, how
-    many items each reason placed (``reasons``, JSON)."""
+    many items each reason placed (``reasons``, JSON) and, when the rows carry the lists'
+    statistics (``lists.STATS``), their sums (``lists``, JSON of ``lists.ListSums``)."""
     ts = pa.scalar(dt.datetime.fromisoformat(generated_at), schema.TS_TYPE)
     n = batch.num_rows
     version = pa.array([model_version] * n)
@@ -68,6 +70,8 @@ def write_batch(batch: pa.Table, run_uri: str, model_version: str, generated_at:
         placed = pc.value_counts(pc.list_flatten(batch["reason"])).to_pylist()
         counts = json.dumps({p["values"]: p["counts"] for p in placed}, sort_keys=True)
         out = out.append_column("reasons", pa.array([counts] * out.num_rows))
+    if STATS in batch.column_names:
+        out = out.append_column("lists", pa.array([ListSums.of(batch[STATS]).to_json()] * out.num_rows))
     return out
 
 
@@ -152,6 +156,11 @@ class RunWriter:
     def write_json(self, table: str, name: str, obj: Any) -> None:
         """A small JSON file in the run directory, committed as table ``table``."""
         storage.write_json(storage.join(self.run_uri, storage.check_relative(name)), obj)
+        self.record(table, [name])
+
+    def write_bytes(self, table: str, name: str, data: bytes) -> None:
+        """A small file in the run directory (e.g. report.html), committed as table ``table``."""
+        storage.write_bytes(storage.join(self.run_uri, storage.check_relative(name)), data)
         self.record(table, [name])
 
     @property

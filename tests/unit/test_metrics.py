@@ -143,8 +143,9 @@ def _two_users_summary() -> dict:
             "sampled_a": np.array([0, 3]), "sampled_popularity": np.array([1, -1]),
             "top_a": np.array([[1, 2], [1, 3]]), "top_popularity": np.array([[3, 2], [3, 2]]),
             "p_return": np.array([0.9, 0.2]), "ret_label": np.array([1.0, 0.0]),
-            "ret_eval": np.array([True, True]), "n_events": np.array([3, 40])}
-    return summarize(rows, 10, popularity=np.array([0, 1, 2, 3, 4]), exclude_seen=True)
+            "ret_eval": np.array([True, True]), "n_events": np.array([3, 40]), "target": np.array([1, 4])}
+    return summarize(rows, 10, popularity=np.array([0, 1, 2, 3, 4]), exclude_seen=True,
+                     category=np.array([0, 1, 1, 2, 2]))
 
 
 def test_summarize_reports_each_ranker_sampled_and_return_calibration():
@@ -154,6 +155,12 @@ def test_summarize_reports_each_ranker_sampled_and_return_calibration():
     assert s["models"]["a"]["mrr"] == pytest.approx((1 + 1 / 21) / 2)
     assert s["models"]["a"]["coverage"] == 0.75 and s["models"]["popularity"]["coverage"] == 0.5
     assert s["sampled"]["ranking"] == "sampled" and s["sampled"]["negatives"] == 100
+    # beyond accuracy: 10 interactions, self-information log2(10 / count)
+    a, pop = s["models"]["a"], s["models"]["popularity"]
+    assert a["novelty_bits"] == pytest.approx((2 * math.log2(10) + math.log2(5) + math.log2(10 / 3)) / 4)
+    assert a["category_diversity"] == 0.5 and pop["category_diversity"] == 1.0     # [1 2] one category
+    # user 0's held-out item 1 is first in a's list and not in the popularity list [3 2]
+    assert a["serendipity"] == pytest.approx((1 / 2 + 0) / 2) and pop["serendipity"] == 0.0
     assert s["sampled"]["models"]["a"]["hr@10"] == 1.0
     assert s["baselines"] == ["popularity"]
     by = s["by_history_length"]
