@@ -1,9 +1,10 @@
-"""report.html for one evaluation run: self-contained (plots are embedded PNGs, no
-external files or network), rendered from metrics.json alone.
+"""report.html for one evaluation run, or one nightly run: self-contained (plots are
+embedded PNGs, no external files or network), rendered from metrics.json alone.
 
 Plots: metrics of every model against the baselines, metric by user-history length,
 the return prediction's reliability diagram and score distributions, training curves,
-and the item popularity of the recommendations against the catalog's.
+and the item popularity of the recommendations against the catalog's; for a nightly run
+also the "Lists" table of its committed lists (``lists_table``).
 """
 
 from __future__ import annotations
@@ -270,6 +271,8 @@ def render(m: dict) -> str:
             sections.append(f"<h2>{title}</h2><p>No held-out users with a return label.</p>")
             continue
         if key == "popularity" and "catalog_popularity_percentiles" not in m:
+            continue
+        if key == "training" and not m.get("training"):       # a run's metrics: no curves
             continue
         sections.append(f'<h2>{title}</h2><img class="plot" data-plot="{key}" alt="{html.escape(title)}" '
                         f'src="data:image/png;base64,{_png(fn(m))}">')

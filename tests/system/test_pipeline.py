@@ -97,6 +97,51 @@ def meta_vocab_size(uri):
     return pq.read_metadata(storage.local_path(storage.join(uri, checkpoint.VOCAB))).num_rows + 1
 
 
+def test_metrics_describe_the_committed_lists(trained_run):
+    """metrics.json's ``lists`` (raymedia/lists.py) against the written Parquet and the catalog,
+    recomputed here; and the run's report.html shows them. Before the rescoring test below,
+    which commits the day again without evaluation."""
+    from raymedia import metrics as mt
+    cfg, res = trained_run["cfg"], trained_run["result"]
+    lists = res.metrics["lists"]
+    recs = storage.read_committed(cfg.output.uri, res.dt, "recommendations")
+    listed = [i for items in recs["items"].to_pylist() for i in items]
+    catalog = pq.read_table(cfg.data.catalog_uri)
+    day_us = features.day_start_us(res.dt)
+    published = pc.cast(catalog["published_at"], pa.int64()).to_numpy(zero_copy_only=False)
+    ok = pc.fill_null(catalog["available"], True).to_numpy(zero_copy_only=False) & ~(published >= day_us)
+    assert lists["users"] == recs.num_rows == res.counts["users_scored"]
+    assert lists["listed_items"] == len(listed) and lists["mean_length"] == cfg.score.top_k
+    assert lists["distinct_items"] == len(set(listed)) and lists["catalog_items"] == int(ok.sum())
+    assert lists["coverage"] == round(len(set(listed)) / int(ok.sum()), 6) and 0 < lists["coverage"] < 1
+    # category diversity and ages from the catalog itself (codes of its category names)
+    ids = catalog["item_id"].to_pylist()
+    row_of = {i: r for r, i in enumerate(ids)}
+    top = np.array([[row_of[i] + 1 for i in items] for items in recs["items"].to_pylist()])
+    names = sorted({c for c in catalog["category"].to_pylist() if c})
+    code = np.array([0] + [names.index(c) + 1 if c else 0 for c in catalog["category"].to_pylist()])
+    assert lists["category_diversity"] == pytest.approx(mt.category_diversity(top, code), abs=1e-6)
+    assert lists["distinct_categories"] == pytest.approx(mt.distinct_categories(top, code), abs=1e-6)
+    assert 0 < lists["category_diversity"] < 1 and 1 <= lists["distinct_categories"] <= cfg.score.top_k
+    age = np.concatenate([[np.nan], np.where(np.isnan(published.astype(float)), np.nan,
+                                             (day_us - published.astype(float)) / 86_400e6)])
+    f = mt.freshness(top, age)
+    assert lists["dated_items"] == f["dated_items"] > 0
+    assert lists["mean_age_days"] == pytest.approx(f["mean_age_days"], abs=1e-6)
+    assert lists["median_age_days"] == pytest.approx(f["median_age_days"], abs=1e-6)
+    assert 0 < lists["embedding_diversity"] < 2 and lists["embedding_model"] == cfg.score.recommender
+    assert lists["novelty_bits"] > 0 and 0 <= lists["new_item_share"] < 1 and lists["rule_hits"] == {}
+    commit = storage.read_commit(cfg.output.uri, res.dt)
+    assert commit.run_id == res.run_id
+    assert commit.files["metrics"] == [f"run={res.run_id}/metrics.json", f"run={res.run_id}/report.html"]
+    html = storage.read_bytes(commit.uris(cfg.output.uri, "metrics")[1]).decode()
+    assert 'data-table="lists"' in html and "mean list length" in html
+    for ranker in ("sequence", "two_tower"):       # beyond accuracy in the evaluation, too
+        m = res.metrics["models"][ranker]
+        assert m["novelty_bits"] > res.metrics["models"]["popularity"]["novelty_bits"]
+        assert 0 <= m["serendipity"] <= m["hr@10"] and 0 < m["category_diversity"] < 1
+
+
 def test_rescoring_is_deterministic_and_replaces_the_previous_run(trained_run):
     cfg, res = trained_run["cfg"], trained_run["result"]
     cfg.eval.enabled = False

@@ -44,7 +44,9 @@ def test_evaluate_prints_every_model_and_baseline_and_writes_metrics(evaluated, 
     assert m["history_len"] == cfg.data.history_len        # not set: taken from the checkpoint
     assert set(m["models"]) == RANKERS and set(m["baselines"]) == RANKERS - {"sequence", "two_tower"}
     for name, v in m["models"].items():
-        assert set(v) == {"hr@10", "ndcg@10", "mrr", "coverage", "popularity_bias"}
+        assert set(v) == {"hr@10", "ndcg@10", "mrr", "coverage", "popularity_bias", "novelty_bits",
+                          "category_diversity", "serendipity"}
+        assert v["novelty_bits"] > 0 and 0 <= v["serendipity"] <= v["hr@10"]
         assert 0 <= v["ndcg@10"] <= v["hr@10"] <= 1 and 0 < v["coverage"] <= 1
         sampled = m["sampled"]["models"][name]
         assert sampled["hr@10"] >= v["hr@10"]      # 100 negatives are easier than all items
@@ -52,6 +54,8 @@ def test_evaluate_prints_every_model_and_baseline_and_writes_metrics(evaluated, 
     # the popularity baseline recommends the same 10 items to everyone
     assert m["models"]["popularity"]["coverage"] * m["catalog_items"] == pytest.approx(10)
     assert m["models"]["popularity"]["popularity_bias"] > 0.9
+    assert m["models"]["popularity"]["serendipity"] == 0        # its own list is the expected one
+    assert "lists" not in m             # no committed lists here: that section is a run's
     assert sum(m["by_history_length"]["users"]) == m["users"]
     ret = m["return"]
     assert 0 <= ret["ece"] <= 1 and sum(b["count"] for b in ret["bins"]) == ret["users"]
