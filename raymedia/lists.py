@@ -84,7 +84,9 @@ class ListSums:
         """The sums of a ``STATS`` column (one output file's users)."""
         s = stats.combine_chunks() if isinstance(stats, pa.ChunkedArray) else stats
         flat = pc.list_flatten(s.field("idx")).to_numpy(zero_copy_only=False).astype(np.int64)
-        items, counts = np.unique(flat, return_counts=True)
+        dense = np.bincount(flat)
+        items = np.flatnonzero(dense)
+        counts = dense[items]
         cat, emb = s.field("category_diversity"), s.field("embedding_diversity")
         return cls(users=len(s), categories=int(pc.sum(s.field("categories")).as_py() or 0),
                    category_diversity=int(pc.sum(cat).as_py() or 0), category_lists=len(cat) - cat.null_count,

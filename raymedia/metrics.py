@@ -169,17 +169,18 @@ def list_embedding_diversity(top: np.ndarray, vectors: np.ndarray, chunk: int = 
 
     O(K d) per list: with unit vectors u, the pairs' similarities sum to
     (|sum u|^2 - sum |u|^2) / 2. Each list's value is computed alone (float64, ``chunk``
-    lists at a time, no BLAS), so it does not depend on the other lists passed with it."""
+    lists at a time, einsum's own loops, no BLAS), so it does not depend on the other lists
+    passed with it."""
     top = np.asarray(top, dtype=np.int64)
     out = np.full(len(top), np.nan)
     for a in range(0, len(top), chunk):
         t = top[a:a + chunk]
         valid = t > 0
         g = np.asarray(vectors[np.maximum(t, 0)], dtype=np.float64)     # only the listed rows
-        norm = np.sqrt((g * g).sum(-1, keepdims=True))
-        g = np.divide(g, norm, out=np.zeros_like(g), where=(norm > 0) & valid[:, :, None])
-        s = g.sum(1)
-        sim = ((s * s).sum(-1) - (g * g).sum(-1).sum(-1)) / 2
+        sq = np.einsum("bkd,bkd->bk", g, g)
+        inv = np.divide(1.0, np.sqrt(sq), out=np.zeros_like(sq), where=(sq > 0) & valid)
+        s = np.einsum("bkd,bk->bd", g, inv)                               # sum of unit vectors
+        sim = (np.einsum("bd,bd->b", s, s) - (sq * inv * inv).sum(1)) / 2
         n = valid.sum(1).astype(np.float64)
         pairs = n * (n - 1) / 2
         with np.errstate(invalid="ignore", divide="ignore"):

@@ -123,6 +123,9 @@ def test_every_batching_position_and_thread_count_gives_the_same_bits(setup, rec
     alone = _by_user(pa.concat_tables([one(h.slice(i, 1)) for i in range(n)]))
     assert len(alone) == n and sum(r["cold_start"] for r in alone.values()) == 2
     assert all(len(r["items"]) == 25 for r in alone.values())
+    # the run's list statistics (raymedia/lists.py) ride along and are compared below too
+    assert all(r["list_stats"]["categories"] >= 1 and r["list_stats"]["embedding_diversity"] > 0
+               for r in alone.values())
     if rules:                                            # the rules did shape the lists
         pinned = [r["reason"].index("pinned") for r in alone.values() if "pinned" in r["reason"]]
         assert set(pinned) == {1} and len(pinned) > n / 2
