@@ -38,9 +38,10 @@ Per ranker (each metric defined once, in ``raymedia.metrics``): HR@K, NDCG@K, MR
 ranking), catalog coverage of the top-K lists, their popularity bias (mean popularity
 percentile of recommended items; the catalog's own mean is 0.5), beyond accuracy the novelty,
 category diversity and serendipity (against the ``popularity`` ranker's list) of the top-K
-lists, and HR/NDCG by user-history length. The return head is scored on the users held out of its training (see
-``features.return_eval_users``) with AUC, Brier score and calibration (ECE over
-10 equal-width bins, the bins themselves kept for the reliability plot).
+lists, and HR/NDCG by user-history length. The return head is scored on the users held out
+of its training (see ``features.return_eval_users``) with AUC, Brier score and calibration
+(ECE over 10 equal-width bins, the bins themselves kept for the reliability plot). What a
+run's committed lists are made of is ``raymedia.lists``' (metrics.json ``lists``).
 
 ``metrics.json`` has a stable schema, versioned by ``schema_version``.
 """

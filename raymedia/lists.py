@@ -87,11 +87,16 @@ class ListSums:
         dense = np.bincount(flat)
         items = np.flatnonzero(dense)
         counts = dense[items]
-        cat, emb = s.field("category_diversity"), s.field("embedding_diversity")
-        return cls(users=len(s), categories=int(pc.sum(s.field("categories")).as_py() or 0),
-                   category_diversity=int(pc.sum(cat).as_py() or 0), category_lists=len(cat) - cat.null_count,
-                   embedding_diversity=int(pc.sum(emb).as_py() or 0), embedding_lists=len(emb) - emb.null_count,
-                   items=items.tolist(), counts=counts.tolist())
+        def total(name: str) -> int:
+            return int(pc.sum(s.field(name)).as_py() or 0)
+
+        def defined(name: str) -> int:
+            return len(s) - s.field(name).null_count
+
+        return cls(users=len(s), categories=total("categories"),
+                   category_diversity=total("category_diversity"), category_lists=defined("category_diversity"),
+                   embedding_diversity=total("embedding_diversity"),
+                   embedding_lists=defined("embedding_diversity"), items=items.tolist(), counts=counts.tolist())
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -153,7 +158,8 @@ def summary(run: RunLists, popularity: np.ndarray, age_days: np.ndarray, recomme
         "users": s.users,
         "listed_items": n,
         "mean_length": _round(n / s.users) if s.users else None,
-        "category_diversity": _round(s.category_diversity / SCALE / s.category_lists) if s.category_lists else None,
+        "category_diversity": (_round(s.category_diversity / SCALE / s.category_lists)
+                               if s.category_lists else None),
         "category_diversity_lists": s.category_lists,
         "distinct_categories": _round(s.categories / s.users) if s.users else None,
         "embedding_diversity": (_round(s.embedding_diversity / SCALE / s.embedding_lists)

@@ -170,8 +170,9 @@ def lists_table(m: dict) -> str:
                     for r, n in sorted(hits.items()))
     return (f'<h2>Lists</h2><table data-table="lists"><tr><th>the run\'s committed lists</th><th></th></tr>'
             f"{rows}</table><p class=note>Every list the run wrote (after the list rules, cold-start users "
-            f"included); embedding distance in the item vectors of the {html.escape(str(lists.get('embedding_model')))} "
-            f"model; ages over the {lists.get('dated_items')} listed items with a publish date.</p>")
+            f"included); embedding distance in the item vectors of the "
+            f"{html.escape(str(lists.get('embedding_model')))} model; ages over the "
+            f"{lists.get('dated_items')} listed items with a publish date.</p>")
 
 
 def _fits(m: dict) -> str:
