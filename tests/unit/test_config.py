@@ -138,3 +138,17 @@ def test_a_huge_config_file_is_refused(tmp_path):
 def test_exponent_notation_without_a_dot_is_a_number():
     from raymedia import config
     assert config.load(None, ["train.lr=3e-3"]).train.lr == 0.003
+
+
+def test_the_media_rules_preset_loads_and_the_defaults_keep_every_rule_off():
+    """configs/rules-media.yaml (the recommended rules, BENCHMARKS.md) is a valid config that
+    turns the rules on; without it no rule shapes a list."""
+    from pathlib import Path
+
+    from raymedia.rules import ListRules
+    preset = Path(__file__).resolve().parents[2] / "configs" / "rules-media.yaml"
+    rules = ListRules.from_config(config.load(str(preset)))
+    assert rules.active and rules.top_k == 10
+    assert (rules.collapse_series, rules.dedup_key, rules.max_per_category) == ("next", "title", 4)
+    assert rules.min_categories <= rules.top_k and rules.fresh_boost > 0
+    assert not ListRules.from_config(config.Config()).active
