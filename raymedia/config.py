@@ -55,6 +55,7 @@ MOVED = {
 
 # fields holding storage locations: checked as URIs (no credentials, not empty)
 URI_FIELDS = ("data.events_uri", "data.catalog_uri", "output.uri", "output.models_uri")
+OPTIONAL_URI_FIELDS = ("data.user_attributes_uri",)        # the same checks when set ('': none)
 
 
 @dataclass
@@ -73,6 +74,10 @@ class DataConfig:
     return_horizon_days: int = _f(7, lo=1, hi=366, doc="horizon of the return prediction")
     max_reject_fraction: float = _f(0.05, lo=0.0, hi=1.0,
                                     doc="share of rows breaking the contract that fails the run")
+    user_attributes_uri: str = _f("", doc="optional Parquet table (file or folder) of user_id, region "
+                                          "(string) and age (integer): what the catalog's regions and "
+                                          "age_rating are checked against ('': none; every user then "
+                                          "has rules.default_region and rules.default_age)")
 
 
 @dataclass
@@ -204,9 +209,21 @@ class RulesConfig:
     pins: str = _names("editorial pins, 'item_id@position,...' (positions 1-based, <= score.top_k): "
                        "the item at that place of every list where it may be shown (not seen by "
                        "the user, recommendable, not excluded)")
-    explore_share: float = _f(0.0, lo=0.0, hi=1.0, doc="share of the top_k places given to candidates outside "
-                                                       "the user's usual categories, chosen per (user, day) by "
-                                                       "a hash, at the end of the list")
+    explore_share: float = _f(0.0, lo=0.0, hi=1.0, doc="share of the top_k places given to exploration "
+                                                       "(rules.explore), chosen per (user, day) by a hash, at "
+                                                       "the end of the list")
+    explore: Literal["categories", "new", "both"] = _f(
+        "categories", doc="what exploration picks among the candidates: items outside the categories of the "
+                          "user's history; new items (no training interaction, or published within "
+                          "explore_new_days of the run); or either")
+    explore_new_days: float = _f(0.0, lo=0.0, doc="rules.explore new/both: items published at most this many "
+                                                  "days before the run also count as new (0: only items "
+                                                  "without a training interaction)")
+    default_region: str = _f("", doc="eligibility: the region of a user without one (not in "
+                                     "data.user_attributes_uri, or a null region); '': none, so only items "
+                                     "the catalog shows everywhere")
+    default_age: int = _f(0, lo=0, hi=200, doc="eligibility: the age of a user without one; items whose "
+                                               "catalog age_rating is above it are not shown to them")
 
 
 @dataclass
@@ -366,10 +383,13 @@ def _build(cls: type, data: dict, prefix: str = "") -> Any:
 def _check_locations(cfg: Config) -> None:
     """Storage locations: real URIs without credentials; the endpoint a plain http(s) URL."""
     from raymedia import storage
-    for name in URI_FIELDS:
+    for name in URI_FIELDS + OPTIONAL_URI_FIELDS:
         section, key = name.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if name in OPTIONAL_URI_FIELDS and value == "":
+            continue
         try:
-            storage.check_uri(getattr(getattr(cfg, section), key), name)
+            storage.check_uri(value, name)
         except storage.StorageError as exc:
             raise ConfigError(str(exc)) from None
     ep = cfg.storage.endpoint_url

@@ -210,6 +210,9 @@ def prepare(cfg: Config, day: dt.date, run_id: str, base: Vocab | None = None,
     storage.configure(cfg.storage.endpoint_url, cfg.storage.region)
     src = state_source(cfg, day, rebuild_state)
     catalog = read.read_catalog(cfg.data.catalog_uri)          # refused before any work
+    if cfg.data.user_attributes_uri:                            # so is a broken user-attributes table
+        read.read_user_attributes(cfg.data.user_attributes_uri,
+                                  src.files.schema.field("user_id").type if src.files.files else None)
     init_ray(cfg)
     categories = None
     if in_use(catalog, cfg.content.enabled):    # items without a category get one from their text

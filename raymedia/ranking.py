@@ -2,7 +2,9 @@
 
 Pure torch (no Ray, no I/O). Scoring, evaluation and training's validation all rank
 here, so they mask and order items alike: padding (index 0), blocked items and the
-user's seen items never rank; ties go to the lower item index.
+user's seen items never rank; ties go to the lower item index. Blocked items are one
+bool per item for every user, or per user by group (``GroupBlocked``: per-user
+eligibility, a few distinct masks shared by many users).
 
 Exact on any machine. A float32 matrix product rounds a user's scores differently
 with the batch it sits in (size, position: SIMD or scalar paths), the thread count,
@@ -88,12 +90,41 @@ def _merge(best: torch.Tensor | None, keys: torch.Tensor, k: int) -> torch.Tenso
 # ---------------------------------------------------------------------------------------
 # masks
 
-def mask_chunk(scores: torch.Tensor, start: int, seen: torch.Tensor | None,
-               blocked: torch.Tensor | None) -> None:
+@dataclass(frozen=True)
+class GroupBlocked:
+    """Blocked items per user, by group: ``masks`` (G, n_items) bool, one row per group
+    (e.g. each distinct (region, age band) of a run), and ``group`` (B,) int64, each user's
+    row. G rows rather than B: a batch of users from a few groups shares them, and a user's
+    mask is their group's whatever batch they are in."""
+    masks: torch.Tensor
+    group: torch.Tensor
+
+    def chunk(self, start: int, stop: int) -> torch.Tensor:
+        """(B, stop - start) bool: the users' blocked items start..stop."""
+        return self.masks[:, start:stop][self.group]
+
+    def pairs(self, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+        return self.masks[self.group[rows], cols]
+
+    def select(self, rows: torch.Tensor) -> GroupBlocked:
+        return GroupBlocked(self.masks, self.group[rows])
+
+
+Blocked = Union[torch.Tensor, GroupBlocked, None]     # (n_items,) bool for every user, or per user
+
+
+def _select(blocked: Blocked, rows: torch.Tensor) -> Blocked:
+    return blocked.select(rows) if isinstance(blocked, GroupBlocked) else blocked
+
+
+def mask_chunk(scores: torch.Tensor, start: int, seen: torch.Tensor | None, blocked: Blocked) -> None:
     """Set padding, blocked and seen items of a chunk of items start.. to -inf, in place.
 
-    ``seen``: (B, S) item indices per user (0 = none); ``blocked``: (n_items,) bool."""
-    if blocked is not None:
+    ``seen``: (B, S) item indices per user (0 = none); ``blocked``: (n_items,) bool, or
+    ``GroupBlocked`` (one mask per user)."""
+    if isinstance(blocked, GroupBlocked):
+        scores.masked_fill_(blocked.chunk(start, start + scores.shape[1]), float("-inf"))
+    elif blocked is not None:
         scores.masked_fill_(blocked[start:start + scores.shape[1]], float("-inf"))
     if start == 0:
         scores[:, 0] = float("-inf")        # padding index is never an item
@@ -106,10 +137,12 @@ def mask_chunk(scores: torch.Tensor, start: int, seen: torch.Tensor | None,
 
 
 def masked_pairs(rows: torch.Tensor, cols: torch.Tensor, seen: torch.Tensor | None,
-                 blocked: torch.Tensor | None) -> torch.Tensor:
+                 blocked: Blocked) -> torch.Tensor:
     """Bool per (user rows[i], item cols[i]) pair: is that item masked for that user?"""
     out = cols == 0
-    if blocked is not None:
+    if isinstance(blocked, GroupBlocked):
+        out |= blocked.pairs(rows, cols)
+    elif blocked is not None:
         out |= blocked[cols]
     if seen is not None and seen.shape[1]:
         out |= ((seen[rows] == cols.unsqueeze(1)) & (seen[rows] > 0)).any(1)
@@ -265,7 +298,7 @@ def _scan(scores: Scores, k: int, chunk: int, seen, blocked, on_chunk=None):
     group = max(1, (1 << 24) // max(1, min(chunk, scores.n_items) * scores.users.shape[1]))
     for rows in torch.split(torch.nonzero(~complete)[:, 0], group):
         keys[rows] = _rescan(scores.select(rows), k, chunk, None if seen is None else seen[rows],
-                             blocked, floor[rows])
+                             _select(blocked, rows), floor[rows])
     return decode_keys(torch.sort(keys, dim=1, descending=True).values)
 
 
@@ -282,14 +315,14 @@ def _rescan(scores: DotScores, k: int, chunk: int, seen, blocked, floor: torch.T
 
 
 def topk(scores: Scores, k: int, chunk: int, seen: torch.Tensor | None = None,
-         blocked: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+         blocked: Blocked = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact running top-K over item chunks: (scores (B, k'), indices (B, k')), best first;
     masked items at -inf where fewer than k are unmasked."""
     return _scan(scores, k, chunk, seen, blocked)
 
 
 def rank(scores: Scores, target: torch.Tensor, negatives: torch.Tensor, k: int, chunk: int,
-         seen: torch.Tensor | None = None, blocked: torch.Tensor | None = None) -> Ranks:
+         seen: torch.Tensor | None = None, blocked: Blocked = None) -> Ranks:
     """Full rank, sampled rank and top-k of each user's target, in the pass of ``topk``.
 
     The target's and negatives' exact scores come first; then every item whose candidate

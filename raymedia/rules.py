@@ -13,7 +13,8 @@ morning's. Scoring therefore ranks a larger exact top-N (``ranking.topk``, N =
 4. collapses: one item per series (the best-scored, or the user's next unwatched
    episode in the series' place) and one per near-duplicate key; a pin counts;
 5. exploration: a share of the places, at the end of the list, for candidates outside
-   the categories of the user's history, picked by a hash of (user, day, item);
+   the categories of the user's history, or new items (``rules.explore``), picked by a
+   hash of (user, day, item);
 6. caps: at most m items per category / subcategory / series, at least c distinct
    categories; pins and explored items count.
 
@@ -27,6 +28,11 @@ categories once it must).
 
 A user's list depends only on their candidates and scores, their history, the catalog
 and the day: never on the batch it is in, its size or position, or the actor.
+
+Eligibility (``Eligibility``) is a mask too, per user: the catalog's ``regions`` and
+``age_rating`` against the user's region and age; the Scorer blocks each user's
+ineligible items before the top-N (``ranking.GroupBlocked``), pins and cold-start lists
+included.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from raymedia import features, schema
 from raymedia.config import Config, ConfigError, split_names
 
 log = logging.getLogger(__name__)
@@ -77,6 +84,8 @@ class ListRules:
     exclude_tags: tuple[str, ...] = ()
     pins: tuple[tuple[str, int], ...] = ()
     explore_share: float = 0.0
+    explore: str = "categories"
+    explore_new_days: float = 0.0
 
     def __post_init__(self) -> None:
         if self.candidates and self.candidates < self.top_k:
@@ -95,6 +104,11 @@ class ListRules:
             raise ConfigError(f"rules.pins: each position and each item at most once, got {self.pins}")
         if list(positions) != sorted(positions):
             raise ConfigError("rules.pins must be sorted by position (ListRules.from_config sorts them)")
+        if self.explore not in ("categories", "new", "both"):
+            raise ConfigError(f"rules.explore must be one of ['categories', 'new', 'both'], got {self.explore!r}")
+        if self.explore_new_days and self.explore == "categories":
+            raise ConfigError(f"rules.explore_new_days ({self.explore_new_days}) has no effect with "
+                              "rules.explore=categories; set rules.explore to new or both")
 
     @classmethod
     def from_config(cls, cfg: Config) -> ListRules:
@@ -115,12 +129,14 @@ class ListRules:
                    min_categories=r.min_categories, fresh_boost=r.fresh_boost,
                    fresh_half_life_days=r.fresh_half_life_days, fresh_mode=r.fresh_mode,
                    max_age_days=r.max_age_days, pins=tuple(sorted(pins, key=lambda p: p[1])),
-                   explore_share=r.explore_share, **lists)
+                   explore_share=r.explore_share, explore=r.explore, explore_new_days=r.explore_new_days,
+                   **lists)
 
     @property
     def active(self) -> bool:
         """Any rule set: scoring re-ranks and writes ``reason`` and ``model_scores``."""
-        return self != ListRules(self.top_k, self.candidates, fresh_mode=self.fresh_mode)
+        return self != ListRules(self.top_k, self.candidates, fresh_mode=self.fresh_mode, explore=self.explore,
+                                 explore_new_days=self.explore_new_days)
 
     @property
     def n_candidates(self) -> int:
@@ -152,13 +168,17 @@ class ItemFacts:
     dedup: np.ndarray           # int64 code of the normalised dedup_key value
     fresh: np.ndarray           # float64 freshness boost (0: none, or no publish date)
     allowed: np.ndarray         # bool: not removed by include / exclude / max age
+    new: np.ndarray             # bool: new for exploration (no training interaction, or recent)
     pins: np.ndarray            # int64 vocabulary indices of the pins found in the vocabulary
     pin_positions: np.ndarray   # int64 their 0-based positions
     day: int                    # days since 1970-01-01 of the run (the exploration hash)
 
     @classmethod
-    def build(cls, rules: ListRules, catalog: pa.Table, item_ids: pa.Array, asof_us: int) -> ItemFacts:
-        """``item_ids``: the vocabulary's ids (``Vocab.item_ids``: index i + 1)."""
+    def build(cls, rules: ListRules, catalog: pa.Table, item_ids: pa.Array, asof_us: int,
+              popularity: np.ndarray | None = None) -> ItemFacts:
+        """``item_ids``: the vocabulary's ids (``Vocab.item_ids``: index i + 1); ``popularity``:
+        its training interactions per index (``Vocab.popularity``; 0: a new item for
+        ``rules.explore``), None: only the publish date makes an item new."""
         size = len(item_ids) + 1
         catalog = catalog.combine_chunks()
         ids = pc.cast(item_ids, pa.string())
@@ -213,6 +233,13 @@ class ItemFacts:
             known = ~np.isnan(age)
             fresh[known] = rules.fresh_boost * np.exp2(-np.maximum(age[known], 0) / rules.fresh_half_life_days)
         allowed[0] = False
+        new = np.zeros(size, bool)
+        if rules.explore != "categories":
+            if popularity is not None:
+                new |= np.asarray(popularity) == 0
+            if rules.explore_new_days:
+                new |= age <= rules.explore_new_days            # NaN (no date): not by date
+            new[0] = False
         episode = (_np(pc.fill_null(catalog["episode"], 0)).astype(np.int64)
                    if "episode" in catalog.column_names else np.zeros(catalog.num_rows, np.int64))
         pin_ids = [i for i, _ in rules.pins]
@@ -223,10 +250,137 @@ class ItemFacts:
         return cls(category=codes("category"), subcategory=codes("subcategory"), series=codes("series_id"),
                    episode=per_item(episode, 0),
                    dedup=codes(rules.dedup_key, True) if rules.dedup_key != "off" else np.zeros(size, np.int64),
-                   fresh=fresh, allowed=allowed,
+                   fresh=fresh, allowed=allowed, new=new,
                    pins=np.array([f + 1 for f in found if f is not None], np.int64),
                    pin_positions=np.array([p for (_, p), f in zip(rules.pins, found) if f is not None], np.int64),
                    day=asof_us // US_PER_DAY)
+
+
+# ---------------------------------------------------------------------------------------
+# eligibility: which items each user may be shown
+
+@dataclass(frozen=True)
+class Eligibility:
+    """Who may see what, where the data says: the catalog's ``regions`` (where an item may be
+    shown; null or empty: everywhere) and ``age_rating`` (the minimum age; null: 0) against
+    each user's ``region`` and ``age`` (``data.user_attributes_uri``); a user missing from that
+    table, or with a null value, has ``rules.default_region`` / ``rules.default_age``.
+
+    Users fall into groups by a key: their region's code (its place among the regions the
+    catalog names; 0 for any other region or none: only items shown everywhere) and their
+    age band (how many of the catalog's distinct ratings the age reaches). A group's
+    blocked items (``blocked``) depend on its key alone, so a user's mask is the same in any
+    batch, actor or run; a run has at most (regions + 1) x (ratings + 1) groups.
+
+    Per actor it holds the table's ids (as Arrow: 8 bytes an integer id, the string and 4
+    bytes a string id), a uint64 hash and an int64 key per user: about 24 bytes a user
+    (240 MB for 10M users), plus one bool per (group met, item) in the Scorer.
+    """
+    regions: pa.Array           # string: the distinct regions the catalog names, sorted (code = place + 1)
+    ratings: np.ndarray         # int64: the distinct positive age ratings, sorted (band = place + 1)
+    restricted: np.ndarray      # bool per vocabulary index: shown only in its regions
+    band: np.ndarray            # int64 per vocabulary index: its rating's band (0: all ages)
+    shown_item: np.ndarray      # int64 vocabulary indices of restricted items ...
+    shown_region: np.ndarray    # int64 ... and a region code each may be shown in (one pair per region)
+    hashes: np.ndarray          # uint64 sorted: the table's users by ``features.user_hash``
+    ids: pa.Array               # their ids in that order
+    keys: np.ndarray            # int64 their group keys
+    run: int                    # the longest run of equal hashes (1 unless two ids collide)
+    default_key: int            # the group of a user missing from the table
+    source: str                 # the table's URI (errors name it)
+
+    @classmethod
+    def build(cls, catalog: pa.Table, item_ids: pa.Array, users: pa.Table | None, default_region: str = "",
+              default_age: int = 0, source: str = "user attributes") -> Eligibility | None:
+        """From the day's catalog (``read.read_catalog``), the vocabulary's ids (index i + 1)
+        and the user-attributes table (``read.read_user_attributes``; None: every user has
+        the defaults). None when no vocabulary item is restricted (nothing to check)."""
+        size = len(item_ids) + 1
+        catalog = catalog.combine_chunks()
+        at = _np(pc.fill_null(pc.add(pc.index_in(pc.cast(catalog["item_id"], pa.string()),
+                                                  value_set=pc.cast(item_ids, pa.string())), 1), 0)).astype(np.int64)
+        inside = at > 0                                     # catalog rows of vocabulary items
+        restricted, band = np.zeros(size, bool), np.zeros(size, np.int64)
+        regions, pairs = pa.array([], pa.string()), (np.zeros(0, np.int64), np.zeros(0, np.int64))
+        if "regions" in catalog.column_names:
+            col = catalog["regions"]
+            flat, parent = pc.list_flatten(col), _np(pc.list_parent_indices(col)).astype(np.int64)
+            named = _np(pc.is_valid(flat)) & inside[parent]
+            regions = pc.unique(flat.filter(pa.array(named))).sort()
+            code = _np(pc.fill_null(pc.index_in(flat, value_set=regions), -1)).astype(np.int64) + 1
+            restricted[at[parent[named]]] = True
+            pairs = (at[parent[named]], code[named])
+        ratings = np.zeros(0, np.int64)
+        if "age_rating" in catalog.column_names:
+            rating = _np(pc.fill_null(catalog["age_rating"], 0)).astype(np.int64)
+            ratings = np.unique(rating[inside & (rating > 0)])
+            band[at[inside]] = np.where(rating[inside] > 0, np.searchsorted(ratings, rating[inside]) + 1, 0)
+        if not restricted.any() and not band.any():
+            if users is not None:
+                log.info("%s: the catalog restricts no item by region or age; every item may be shown to "
+                         "every user", source)
+            return None
+        if users is None:
+            users = pa.table({"user_id": pa.array([], pa.int64()), "region": pa.array([], pa.string()),
+                              "age": pa.array([], pa.int32())})
+        ids = users["user_id"].combine_chunks()
+        hashes = features.user_hash(ids).astype(np.uint64) if len(ids) else np.zeros(0, np.uint64)
+        order = np.argsort(hashes, kind="stable")
+        take = pa.array(order, pa.int64())
+        region = pc.cast(users["region"], pa.string()).combine_chunks().take(take)
+        age = _np(pc.cast(users["age"], pa.int64()).combine_chunks().take(take))
+        default = _group_keys(regions, ratings, pa.array([default_region or None], pa.string()),
+                              np.array([default_age], np.float64), default_region, default_age)
+        return cls(regions, ratings, restricted, band, *pairs, hashes[order], ids.take(take),
+                   _group_keys(regions, ratings, region, age, default_region, default_age),
+                   int(np.unique(hashes, return_counts=True)[1].max()) if len(hashes) else 1,
+                   int(default[0]), source)
+
+    def user_keys(self, user_ids: pa.Array | pa.ChunkedArray) -> np.ndarray:
+        """Each user's group key (the table's, else the default's): a sorted-hash lookup,
+        O(log n) a user; ContractError when the ids are not of the table's kind."""
+        if isinstance(user_ids, pa.ChunkedArray):
+            user_ids = user_ids.combine_chunks()
+        if pa.types.is_integer(user_ids.type) != pa.types.is_integer(self.ids.type) and len(self.ids):
+            raise schema.ContractError(
+                f"{self.source}: column 'user_id' is {self.ids.type} but the users scored have {user_ids.type} "
+                "ids; the user-attributes table must use the events' ids")
+        out = np.full(len(user_ids), self.default_key, np.int64)
+        if not len(self.hashes) or not len(user_ids):
+            return out
+        h = features.user_hash(user_ids).astype(np.uint64)
+        pos = np.searchsorted(self.hashes, h)
+        found = np.zeros(len(h), bool)
+        for step in range(self.run):            # equal hashes: the id itself decides
+            at = np.minimum(pos + step, len(self.hashes) - 1)
+            same = ~found & (self.hashes[at] == h)
+            if not same.any():
+                break
+            rows = np.flatnonzero(same)
+            match = _np(pc.equal(self.ids.take(pa.array(at[rows])), user_ids.cast(self.ids.type).take(pa.array(rows))))
+            out[rows[match]] = self.keys[at[rows[match]]]
+            found[rows[match]] = True
+        return out
+
+    def blocked(self, key: int) -> np.ndarray:
+        """Bool per vocabulary index: the items a group may not be shown."""
+        region, band = divmod(int(key), len(self.ratings) + 1)
+        out = self.band > band
+        allowed_here = np.zeros(len(self.restricted), bool)
+        if region:
+            allowed_here[self.shown_item[self.shown_region == region]] = True
+        return out | (self.restricted & ~allowed_here)
+
+
+def _group_keys(regions: pa.Array, ratings: np.ndarray, region: pa.Array, age: np.ndarray,
+                default_region: str, default_age: int) -> np.ndarray:
+    """int64 group keys of users' (region, age), nulls (NaN ages) taking the defaults: region
+    code x (ratings + 1) + age band (the number of ratings the age reaches)."""
+    if default_region:
+        region = pc.fill_null(region, default_region)
+    code = _np(pc.fill_null(pc.index_in(region, value_set=regions), -1)).astype(np.int64) + 1
+    age = np.where(np.isnan(age.astype(np.float64)), default_age, age).astype(np.int64)
+    return code * (len(ratings) + 1) + np.searchsorted(ratings, age, "right")
 
 
 # ---------------------------------------------------------------------------------------
@@ -400,13 +554,19 @@ def _collapse(rules: ListRules, facts: ItemFacts, items: np.ndarray, pinned: np.
 
 def _explore(rules: ListRules, facts: ItemFacts, items: np.ndarray, codes: list, history: np.ndarray,
              user_key: int, caps: _Caps, taken: list[bool], slots: int) -> list[int]:
-    """Positions of the explored candidates: outside the categories of the user's history,
-    in the order of a hash of (user, day, item), as far as the caps admit."""
+    """Positions of the explored candidates (``rules.explore``): outside the categories of the
+    user's history, new items, or either, in the order of a hash of (user, day, item), as far
+    as the caps admit."""
     want = min(rules.explore_slots, slots)
     if want <= 0:
         return []
-    cats = facts.category[items]
-    outside = np.flatnonzero((cats > 0) & ~np.isin(cats, facts.category[history]))
+    pick = np.zeros(len(items), bool)
+    if rules.explore in ("categories", "both"):
+        cats = facts.category[items]
+        pick |= (cats > 0) & ~np.isin(cats, facts.category[history])
+    if rules.explore in ("new", "both"):
+        pick |= facts.new[items]
+    outside = np.flatnonzero(pick)
     out = []
     for j in outside[np.lexsort((items[outside], explore_keys(user_key, facts.day, items[outside])))].tolist():
         if len(out) == want:

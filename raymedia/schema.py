@@ -90,6 +90,21 @@ CATALOG_CONTENT = pa.schema([
     pa.field("language", pa.string()),
     pa.field("embedding", pa.list_(pa.float32())),
 ])
+# Optional eligibility columns of the catalog (``rules.Eligibility``), kept when a catalog
+# file has them: where an item may be shown and from which age. Without them every item may
+# be shown to everyone (and content, ``content.enabled: auto``, does not count them).
+CATALOG_ELIGIBILITY = pa.schema([
+    pa.field("regions", pa.list_(pa.string())),     # regions it may be shown in; null or empty: everywhere
+    pa.field("age_rating", pa.int32()),              # minimum age of its viewers; null: 0
+])
+# The optional user-attributes table (``data.user_attributes_uri``): what the catalog's
+# eligibility columns are checked against. ``user_id`` has the events' id kind; a null
+# ``region`` or ``age`` (or a user missing from the table) takes ``rules.default_*``.
+USER_ATTRIBUTES = pa.schema([
+    pa.field("user_id", pa.int64(), nullable=False),
+    pa.field("region", pa.string()),
+    pa.field("age", pa.int32()),
+])
 RECOMMENDATIONS = pa.schema([
     pa.field("user_id", pa.int64(), nullable=False),
     pa.field("items", pa.list_(pa.int64())),
@@ -174,10 +189,13 @@ def conform(table: pa.Table, schema: pa.Schema, source: str = "input") -> pa.Tab
 
 
 def conform_catalog(table: pa.Table, source: str = "catalog") -> pa.Table:
-    """``conform`` to ``CATALOG``, plus whichever ``CATALOG_CONTENT`` columns the table has
-    (cast to the contract's types; ContractError naming the column otherwise)."""
+    """``conform`` to ``CATALOG``, plus whichever ``CATALOG_CONTENT`` and ``CATALOG_ELIGIBILITY``
+    columns the table has (cast to the contract's types; ContractError naming the column
+    otherwise; ``age_rating`` must be an integer column)."""
     out = conform(table, CATALOG, source)
-    present = pa.schema([f for f in CATALOG_CONTENT if f.name in table.column_names])
+    if "age_rating" in table.column_names:
+        _check_kind(table.schema, "age_rating", (pa.types.is_integer, pa.types.is_null), "an integer", source)
+    present = pa.schema([f for f in (*CATALOG_CONTENT, *CATALOG_ELIGIBILITY) if f.name in table.column_names])
     if len(present):
         content = conform(table.select(present.names), present, source)
         for name in present.names:
@@ -278,6 +296,72 @@ def check_catalog(catalog: pa.Table, source: str) -> None:
                             f"row(s) (first at row {first}); every catalog item needs an id")
     if "embedding" in catalog.column_names:
         _check_embedding(catalog["embedding"], source)
+    if "age_rating" in catalog.column_names:
+        _check_not_negative(catalog, "age_rating", source)
+
+
+def _check_kind(sch: pa.Schema, col: str, kinds: tuple, what: str, source: str) -> None:
+    """ContractError naming the column unless its type (or dictionary value type) is one of ``kinds``."""
+    t = value_type(sch.field(col).type)
+    if not any(k(t) for k in kinds):
+        raise ContractError(f"{source}: column '{col}' has type {sch.field(col).type}; it must be {what}")
+
+
+def _check_not_negative(table: pa.Table, col: str, source: str) -> None:
+    values = pc.fill_null(table[col], 0).to_numpy().astype(np.int64)
+    bad = np.flatnonzero(values < 0)
+    if len(bad):
+        raise ContractError(f"{source}: column '{col}' is negative in {len(bad)} row(s) "
+                            f"(first at row {bad[0]}: {values[bad[0]]}); it must be >= 0")
+
+
+def conform_user_attributes(table: pa.Table, source: str) -> pa.Table:
+    """A user-attributes file in the ``USER_ATTRIBUTES`` contract (``user_id`` keeps its kind,
+    a missing ``region`` or ``age`` column reads as nulls). ContractError naming the file and
+    column: no ``user_id``, neither ``region`` nor ``age``, a column of the wrong type (a
+    region that is not text, an age that is not an integer), a null ``user_id``, a negative
+    age."""
+    names = table.column_names
+    if "user_id" not in names:
+        raise ContractError(f"{source}: missing required column 'user_id' (has: {', '.join(names)})")
+    if "region" not in names and "age" not in names:
+        raise ContractError(f"{source}: has neither a 'region' nor an 'age' column (has: {', '.join(names)}); "
+                            "a user-attributes table gives at least one")
+    _check_kind(table.schema, "user_id", (pa.types.is_integer, pa.types.is_string, pa.types.is_large_string),
+                "an integer or a string (the events' user_id kind)", source)
+    if "region" in names:
+        _check_kind(table.schema, "region", (pa.types.is_string, pa.types.is_large_string, pa.types.is_null),
+                    "a string", source)
+    if "age" in names:
+        _check_kind(table.schema, "age", (pa.types.is_integer, pa.types.is_null), "an integer", source)
+    if pa.types.is_dictionary(table.schema.field("user_id").type):
+        table = table.set_column(names.index("user_id"), "user_id",
+                                 table["user_id"].cast(table.schema.field("user_id").type.value_type))
+    out = conform(table, USER_ATTRIBUTES, source)
+    nulls = out["user_id"].null_count
+    if nulls:
+        first = pc.index(pc.is_null(out["user_id"]), True).as_py()
+        raise ContractError(f"{source}: column 'user_id' is null in {nulls} of {out.num_rows} row(s) "
+                            f"(first at row {first}); every row names a user")
+    _check_not_negative(out, "age", source)
+    return out
+
+
+def check_user_attributes(table: pa.Table, source: str, events_user_type: pa.DataType | None = None) -> None:
+    """The whole table: each user once, and ``user_id`` of the events' kind (integer or
+    string) when it is known; ContractError naming the table, the column and an id."""
+    counts = pc.value_counts(table["user_id"])
+    twice = counts.filter(pc.greater(counts.field("counts"), 1))
+    if len(twice):
+        first = twice[0].as_py()
+        raise ContractError(f"{source}: user_id {first['values']!r} appears {first['counts']} times "
+                            f"({len(twice)} user(s) more than once); each user has one row")
+    if events_user_type is not None:
+        kind = ("integer" if pa.types.is_integer(table.schema.field("user_id").type) else "string")
+        want = "integer" if pa.types.is_integer(value_type(events_user_type)) else "string"
+        if kind != want:
+            raise ContractError(f"{source}: column 'user_id' is {kind} but the events' user_id is {want}; "
+                                "the user-attributes table must use the events' ids")
 
 
 def _check_embedding(col: pa.ChunkedArray, source: str) -> None:

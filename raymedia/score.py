@@ -85,37 +85,83 @@ class Scorer(LoadedModels):
 
     With evaluation on (``cfg.eval.enabled``) each row also carries ``STATS``: the final
     list's per-list statistics (``raymedia.lists``), summed by ``write_batch``, not written.
+
+    Where the catalog restricts items by region or age (``rules.Eligibility``) each user's
+    ineligible items are blocked too, before the top-N, for model, pinned and cold-start
+    items alike: a user indexes their group's mask (``ranking.GroupBlocked``), one per
+    group met, made when first met (one bool per item each). The user-attributes table is
+    read by each actor (its memory: ``rules.Eligibility``).
     """
 
     def __init__(self, context: ScoringContext, cfg: Config, recommendable: np.ndarray | None = None):
         super().__init__(context, cfg)
         self.rules = rules.ListRules.from_config(cfg)
-        self.facts = (rules.ItemFacts.build(self.rules, read.read_catalog(cfg.data.catalog_uri),
-                                            self.vocab.item_ids, self.asof_us) if self.rules.active else None)
+        catalog = read.read_catalog(cfg.data.catalog_uri)
+        self.facts = (rules.ItemFacts.build(self.rules, catalog, self.vocab.item_ids, self.asof_us,
+                                            self.vocab.popularity) if self.rules.active else None)
+        uri = cfg.data.user_attributes_uri
+        self.eligibility = rules.Eligibility.build(catalog, self.vocab.item_ids,
+                                                   read.read_user_attributes(uri) if uri else None,
+                                                   cfg.rules.default_region, cfg.rules.default_age,
+                                                   uri or "data.user_attributes_uri")
+        self.groups: dict[int, int] = {}            # eligibility group key -> row of group_masks
+        self.group_masks: torch.Tensor | None = None
         if self.rules.masks:            # include / exclude / max age: never candidates
             recommendable = self.facts.allowed & (True if recommendable is None else recommendable)
         self.blocked = self.mask(recommendable)
         self.k = self.rules.n_candidates if self.facts else cfg.score.top_k
         self.pins = None if self.facts is None else torch.as_tensor(self.facts.pins, device=self.device)
-        popularity = torch.as_tensor(np.log1p(self.vocab.popularity), dtype=torch.float32,
-                                     device=self.device)
-        chunk = cfg.score.item_chunk
-        scores, idx = ranking.topk(
-            ranking.ChunkScores(lambda a, b: popularity[a:b].unsqueeze(0).clone(), len(popularity), chunk),
-            self.k, chunk, None, self.blocked)
-        valid = torch.isfinite(scores[0])
-        self.popular = (idx[0][valid].cpu().numpy(), scores[0][valid].cpu().numpy())
-        if self.facts is not None:      # the pins' popularity scores, for cold-start users
-            self.popular_pins = popularity[self.pins].masked_fill(
-                ranking.masked_pairs(torch.zeros_like(self.pins), self.pins, None, self.blocked),
-                float("-inf")).cpu().numpy()
+        self.popularity = torch.as_tensor(np.log1p(self.vocab.popularity), dtype=torch.float32,
+                                          device=self.device)
+        self.popular = {}               # eligibility group key (0: none) -> cold-start candidates
         # the run's list statistics: categories of the vocabulary, the recommender's item vectors
         self.item_vectors = (self.items[cfg.score.recommender].cpu().numpy()
                              if cfg.eval.enabled else None)
         self.trim_heap = HeapTrimmer()
 
-    def compute(self, x: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The model work on prepared inputs: top-K of the recommender + the sequence heads."""
+    def user_blocked(self, user_ids: pa.Array | pa.ChunkedArray) -> ranking.Blocked:
+        """The items these users may not be shown: the run's (``self.blocked``), and with
+        eligibility each user's group's too (``ranking.GroupBlocked``)."""
+        if self.eligibility is None:
+            return self.blocked
+        return self._group_blocked(self.eligibility.user_keys(user_ids).tolist())
+
+    def _group_blocked(self, keys: list[int]) -> ranking.GroupBlocked:
+        """Users of these eligibility groups: their group's mask (made when first met) joined
+        with the run's."""
+        new = sorted(set(keys) - set(self.groups))
+        if new:
+            masks = torch.as_tensor(np.stack([self.eligibility.blocked(k) for k in new]), device=self.device)
+            if self.blocked is not None:
+                masks |= self.blocked
+            self.group_masks = masks if self.group_masks is None else torch.cat([self.group_masks, masks])
+            self.groups.update({k: len(self.groups) + i for i, k in enumerate(new)})
+        return ranking.GroupBlocked(self.group_masks, torch.as_tensor([self.groups[k] for k in keys],
+                                                                      dtype=torch.long, device=self.device))
+
+    def _popular(self, users: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Cold-start users' candidates: the most popular items each may be shown ((n, N)
+        indices and scores, -inf past a short list) and the pins' popularity scores (-inf:
+        not shown; None without rules); made once per eligibility group (0: no eligibility)."""
+        keys = (self.eligibility.user_keys(users["user_id"]).tolist() if self.eligibility is not None
+                else [0] * users.num_rows)
+        pop, chunk = self.popularity, self.cfg.score.item_chunk
+        for key in sorted(set(keys) - set(self.popular)):
+            blocked = self.blocked if self.eligibility is None else self._group_blocked([key])
+            scores, idx = ranking.topk(ranking.ChunkScores(lambda a, b: pop[a:b].unsqueeze(0).clone(), len(pop), chunk),
+                                       self.k, chunk, None, blocked)
+            pins = None if self.facts is None else pop[self.pins].masked_fill(
+                ranking.masked_pairs(torch.zeros_like(self.pins), self.pins, None, blocked), float("-inf"))
+            self.popular[key] = (idx[0].cpu().numpy(), scores[0].cpu().numpy(),
+                                 None if pins is None else pins.cpu().numpy())
+        idx, scores, pins = (np.stack([self.popular[k][i] for k in keys]) if self.popular[keys[0]][i] is not None
+                             else None for i in range(3))
+        return idx, scores, pins
+
+    def compute(self, x: dict[str, torch.Tensor], blocked: ranking.Blocked = None) -> dict[str, torch.Tensor]:
+        """The model work on prepared inputs: top-K of the recommender + the sequence heads;
+        ``blocked``: the users' blocked items (``user_blocked``; None: the run's)."""
+        blocked = self.blocked if blocked is None else blocked
         rec = self.cfg.score.recommender
         # a user's full seen-item list when the histories carry one, else the history
         seen = x.get("seen", x["items"]) if self.cfg.data.exclude_seen else None
@@ -125,13 +171,13 @@ class Scorer(LoadedModels):
             last = seq.user_vectors(x, h)
             users = last.float() if rec == "sequence" else self.user_vectors(rec, x)
             item_scores = self.item_scores(rec, users)
-            scores, idx = ranking.topk(item_scores, self.k, self.cfg.score.item_chunk, seen, self.blocked)
+            scores, idx = ranking.topk(item_scores, self.k, self.cfg.score.item_chunk, seen, blocked)
             out = {"scores": scores, "idx": idx}
             if self.pins is not None and len(self.pins):    # the pins' model scores; -inf: not shown
                 rows = torch.arange(len(users), device=users.device).repeat_interleave(len(self.pins))
                 cols = self.pins.repeat(len(users))
                 out["pin_scores"] = item_scores.exact(rows, cols).masked_fill_(
-                    ranking.masked_pairs(rows, cols, seen, self.blocked), float("-inf")).view(len(users), -1)
+                    ranking.masked_pairs(rows, cols, seen, blocked), float("-inf")).view(len(users), -1)
             p_return = torch.sigmoid(seq.return_logit(h, x)).float()
             logits = seq.category_head(last).float()     # ties (after rounding) to the lower index
             # index 0 is 'unknown': predict a named category when the catalog has any
@@ -144,15 +190,14 @@ class Scorer(LoadedModels):
         parts = []
         if has_history.any():
             kept, x = self.inputs(batch.filter(pa.array(has_history)), "score")
-            out = {k: v.cpu().numpy() for k, v in self.compute(x).items()}
+            out = {k: v.cpu().numpy() for k, v in self.compute(x, self.user_blocked(kept["user_id"])).items()}
             lists = self._lists(kept, out["idx"], out["scores"], x["seen"].cpu().numpy(), out.get("pin_scores"))
             parts.append(self._rows(kept, lists, pa.array(out["p_return"], pa.float32()),
                                     self.vocab.category_names(out["next_category"]), False))
         if not has_history.all():
             cold = batch.filter(pa.array(~has_history))
-            n, (idx, scores) = cold.num_rows, self.popular
-            lists = self._lists(cold, np.tile(idx, (n, 1)), np.tile(scores, (n, 1)), np.zeros((n, 1), np.int64),
-                                None if self.facts is None else np.tile(self.popular_pins, (n, 1)))
+            n, (idx, scores, pins) = cold.num_rows, self._popular(cold)
+            lists = self._lists(cold, idx, scores, np.zeros((n, 1), np.int64), pins)
             parts.append(self._rows(cold, lists, pa.nulls(n, pa.float32()), pa.nulls(n, pa.string()), True))
         self.trim_heap()
         return pa.concat_tables(parts)

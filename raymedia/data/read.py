@@ -156,23 +156,26 @@ def read_events(events_uri: str, partitions: list[str], files: EventFiles | None
         fn_kwargs={"base": base.rstrip("/"), "read_schema": files.schema})
 
 
+def _parquet_tables(uri: str, what: str):
+    """(file URI, table) of one Parquet file or of each file of a folder (markers skipped)."""
+    fs, path = storage.resolve(uri)
+    kind = fs.get_file_info(path).type
+    if kind == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"{what} {uri} does not exist")
+    uris = ([f for f in storage.list_files(uri) if not _is_marker(f)]
+            if kind == pafs.FileType.Directory else [uri])
+    for u in uris:
+        fs, path = storage.resolve(u)
+        try:
+            yield u, pq.read_table(path, filesystem=fs)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise schema.ContractError(f"{u}: not a readable Parquet file: {exc}") from exc
+
+
 def read_catalog(catalog_uri: str) -> pa.Table:
     """The catalog (one Parquet file or a folder of them, each conformed on its own),
     refused with ContractError when it has no rows, null ids or mixed id kinds."""
-    fs, path = storage.resolve(catalog_uri)
-    kind = fs.get_file_info(path).type
-    if kind == pafs.FileType.NotFound:
-        raise FileNotFoundError(f"catalog {catalog_uri} does not exist")
-    uris = ([f for f in storage.list_files(catalog_uri) if not _is_marker(f)]
-            if kind == pafs.FileType.Directory else [catalog_uri])
-    parts = []
-    for uri in uris:
-        fs, path = storage.resolve(uri)
-        try:
-            table = pq.read_table(path, filesystem=fs)
-        except (pa.ArrowInvalid, OSError) as exc:
-            raise schema.ContractError(f"{uri}: not a readable Parquet file: {exc}") from exc
-        parts.append(schema.conform_catalog(table, uri))
+    parts = [schema.conform_catalog(table, uri) for uri, table in _parquet_tables(catalog_uri, "catalog")]
     if len({p.schema.field("item_id").type for p in parts}) > 1:
         raise schema.ContractError(f"{catalog_uri}: 'item_id' is integer in some files and string in "
                                    "others; the catalog must use one id type")
@@ -181,6 +184,21 @@ def read_catalog(catalog_uri: str) -> pa.Table:
                else schema.CATALOG.empty_table())
     schema.check_catalog(catalog, catalog_uri)
     return catalog
+
+
+def read_user_attributes(uri: str, events_user_type: pa.DataType | None = None) -> pa.Table:
+    """The user-attributes table (``data.user_attributes_uri``: one Parquet file or a folder;
+    ``schema.USER_ATTRIBUTES``), refused with ContractError naming the file and column when
+    a column is missing or of the wrong type, an id is null or repeated, an age negative,
+    the files mix id kinds, or the ids are not of the events' kind (``events_user_type``,
+    when known)."""
+    parts = [schema.conform_user_attributes(table, u) for u, table in _parquet_tables(uri, "user attributes")]
+    if len({p.schema.field("user_id").type for p in parts}) > 1:
+        raise schema.ContractError(f"{uri}: 'user_id' is integer in some files and string in others; "
+                                   "the user-attributes table must use one id type")
+    table = (pa.concat_tables(parts) if parts else schema.USER_ATTRIBUTES.empty_table())
+    schema.check_user_attributes(table, uri, events_user_type)
+    return table
 
 
 def _batch_id(batch: pa.Table) -> str:

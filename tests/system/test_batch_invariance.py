@@ -165,3 +165,67 @@ def test_two_runs_of_a_day_with_other_batch_sizes_and_actor_counts_write_the_sam
             a, b = a.drop_columns(["generated_at"]), b.drop_columns(["generated_at"])
         assert a.num_rows == b.num_rows > 500
         assert a.equals(b), table
+
+
+def _eligibility_inputs(setup) -> tuple[list[str], dict, dict]:
+    """A catalog that shows a third of the items only in 'north', a third only in 'south'
+    and one in four only from 16, and a user table: even users north, odd south, every fifth
+    12 years old, every sixth missing (the defaults: no region, age 0). Returns the config
+    overrides and, per item id, (regions, age_rating), per user id (region, age)."""
+    root, ids = setup["root"], np.arange(1000, 1000 + ITEMS)
+    regions = [["north"] if i % 3 == 0 else ["south"] if i % 3 == 1 else None for i in range(ITEMS)]
+    ratings = [16 if i % 4 == 0 else 0 for i in range(ITEMS)]
+    cat = pq.read_table(setup["catalog"]).append_column("regions", pa.array(regions, pa.list_(pa.string())))
+    pq.write_table(cat.append_column("age_rating", pa.array(ratings, pa.int32())), f"{root}/elig-catalog.parquet")
+    users = setup["histories"]["user_id"].to_pylist()
+    table = [(u, "north" if b % 2 == 0 else "south", 12 if b % 5 == 0 else 30)
+             for b, u in enumerate(users) if b % 6]
+    pq.write_table(pa.table({"user_id": [t[0] for t in table], "region": [t[1] for t in table],
+                             "age": pa.array([t[2] for t in table], pa.int16())}), f"{root}/users.parquet")
+    people = {u: (None, 0) for u in users} | {t[0]: (t[1], t[2]) for t in table}
+    return ([f"data.catalog_uri={root}/elig-catalog.parquet", f"data.user_attributes_uri={root}/users.parquet"],
+            dict(zip(ids.tolist(), zip(regions, ratings))), people)
+
+
+# pins: 1003 north only, 1004 south only and 16+, 1005 everywhere
+ELIGIBILITY_RULES = tuple(r for r in RULES if not r.startswith("rules.pins")) + ("rules.pins=1003@1,1004@2,1005@3",)
+
+
+@pytest.mark.parametrize("rules", [(), ELIGIBILITY_RULES])
+def test_users_only_ever_get_items_eligible_for_them_whatever_the_batch(setup, rules):
+    """Region and age eligibility in the Scorer: model, pinned and cold-start items alike;
+    users of other regions get other lists; bit-identical in any batching."""
+    h, n = setup["histories"], setup["histories"].num_rows
+    overrides, items, people = _eligibility_inputs(setup)
+    cfg = _cfg(setup["root"], *overrides, *rules)
+    scorer = Scorer(ScoringContext.build(setup["uris"][False], ASOF, setup["vocab"], cfg.data.catalog_uri),
+                    cfg, setup["recommendable"])
+    alone = _by_user(pa.concat_tables([scorer(h.slice(i, 1)) for i in range(n)]))
+    by_region: dict = {}
+    pinned = {1003: 0, 1004: 0, 1005: 0}
+    for u, row in alone.items():
+        region, age = people[u]
+        for i in row["items"]:
+            where, rating = items[i]
+            assert (where is None or region in where) and rating <= age, (u, i, region, age, where, rating)
+        assert len(row["items"]) == 25 or rules                     # enough eligible items for a full list
+        by_region.setdefault(region, []).append(set(row["items"]))
+        for i in (i for i, w in zip(row["items"], row.get("reason") or []) if w == "pinned"):
+            pinned[i] += 1                          # (eligible: checked above with every item)
+    assert sum(r["cold_start"] for r in alone.values()) == 2        # cold-start lists obey it too
+    if rules:                                        # each pin reached the users who may see it
+        north = sum(r == "north" for r, _ in people.values())
+        south_16 = sum(r == "south" and a >= 16 for r, a in people.values())
+        assert pinned[1005] > n / 2 and 0 < pinned[1003] <= north and 0 < pinned[1004] <= south_16 < n / 2
+    shown = {region: set().union(*lists) for region, lists in by_region.items()}
+    assert {items[i][0][0] for i in shown["north"] if items[i][0]} == {"north"}
+    assert {items[i][0][0] for i in shown["south"] if items[i][0]} == {"south"}
+    assert all(items[i][0] is None and items[i][1] == 0 for i in shown[None])     # the defaults
+    assert len(scorer.groups) == 5                   # north / south x 12 / 30, and the default
+    rng = np.random.default_rng(5)
+    order, parts, start = rng.permutation(n), [], 0
+    while start < n:
+        size = int(rng.integers(1, 20))
+        parts.append(scorer(h.take(order[start:start + size])))
+        start += size
+    assert _by_user(pa.concat_tables(parts)) == alone

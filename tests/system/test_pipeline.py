@@ -264,3 +264,46 @@ def test_a_run_with_list_rules_writes_lists_that_obey_them_with_reasons(trained_
     assert all(reasons.values()), reasons                 # every rule placed items
     assert reasons["pinned"] > recs.num_rows / 2
     assert storage.read_commit(f"{root}/ruled", day).details["list_rules"] == reasons
+
+
+def test_a_run_with_user_attributes_gives_each_user_only_items_eligible_for_them(trained_run, capsys):
+    """``raymedia run`` (the session's models, no training) with a catalog that restricts items
+    by region and age and a user-attributes table: no list holds an item its user may not
+    see, users of two regions get different lists; a broken table fails before any work."""
+    from conftest import small_overrides
+    from raymedia import cli
+    root, day = trained_run["root"], trained_run["day"]
+    catalog = pq.read_table(f"{root}/catalog")
+    ids = catalog["item_id"].to_pylist()
+    where = {i: ["north"] if i % 3 == 0 else ["south"] if i % 3 == 1 else None for i in ids}
+    rating = {i: 18 if i % 5 == 0 else 0 for i in ids}
+    pq.write_table(catalog.append_column("regions", pa.array([where[i] for i in ids], pa.list_(pa.string())))
+                   .append_column("age_rating", pa.array([rating[i] for i in ids], pa.int32())),
+                   f"{root}/eligibility-catalog.parquet")
+    users = sorted(set(_events(root)["user_id"].to_pylist()))
+    people = {u: ("north" if u % 2 else "south", 12 if u % 4 == 0 else 40) for u in users if u % 10}
+    pq.write_table(pa.table({"user_id": list(people), "region": [r for r, _ in people.values()],
+                             "age": [a for _, a in people.values()]}), f"{root}/users.parquet")
+
+    def run(*extra: str) -> int:
+        sets = small_overrides(root, "eval.enabled=false", f"output.uri={root}/eligible",
+                               f"data.catalog_uri={root}/eligibility-catalog.parquet", *extra)
+        return cli.main(["run", "--no-train", "--date", day.isoformat(), *[a for s in sets for a in ("--set", s)]])
+
+    assert run(f"data.user_attributes_uri={root}/users.parquet", "rules.default_age=16") == 0
+    recs = storage.read_committed(f"{root}/eligible", day, "recommendations")
+    shown: dict = {"north": set(), "south": set()}
+    for row in recs.to_pylist():
+        region, age = people.get(row["user_id"], (None, 16))      # missing: no region, rules.default_age
+        assert all((where[i] is None or region in where[i]) and rating[i] <= age for i in row["items"]), row
+        assert len(row["items"]) == 20
+        if region:
+            shown[region] |= set(row["items"])
+    assert shown["north"] and shown["south"] and not shown["north"] & {i for i in ids if where[i] == ["south"]}
+    assert {i for i in shown["south"] if where[i]} and not shown["south"] & {i for i in ids if where[i] == ["north"]}
+    # a table whose ids are not the events' kind: refused before any work, naming the file
+    pq.write_table(pa.table({"user_id": [str(u) for u in people], "age": [30] * len(people)}), f"{root}/bad.parquet")
+    capsys.readouterr()
+    assert run(f"data.user_attributes_uri={root}/bad.parquet", f"output.uri={root}/eligible-bad") == 2
+    assert f"{root}/bad.parquet: column 'user_id' is string but the events' user_id is integer" in capsys.readouterr().err
+    assert storage.read_commit(f"{root}/eligible-bad", day) is None

@@ -325,3 +325,55 @@ def test_lists_in_config_read_from_yaml_lists_numbers_or_comma_separated_text(tm
     r = ListRules.from_config(cfg)
     assert r.exclude_items == ("1010", "n7") and r.pins == (("a", 0), ("b", 2))
     assert "exclude_items: 1010,n7" in config.dump(cfg)
+
+
+POPULARITY = np.where(np.random.default_rng(4).random(ITEMS + 1) < 0.2, 0.0, 5.0)   # a fifth never trained on
+
+
+def test_new_item_exploration_picks_untrained_or_recent_items_by_the_same_hash():
+    r = _rules("rules.explore_share=0.3", "rules.explore=new", "rules.explore_new_days=4")
+    facts, cat = ItemFacts.build(r, _catalog(), VOCAB_IDS, ASOF_US, POPULARITY), _catalog()
+    at = {v: i + 1 for i, v in enumerate(VOCAB_IDS.to_pylist())}
+    for row in cat.to_pylist():         # new: no training interaction, or published in the last 4 days
+        i = at[row["item_id"]]
+        recent = row["published_at"] is not None and ASOF_US - row["published_at"].timestamp() * 1e6 <= 4 * DAY_US
+        assert facts.new[i] == (POPULARITY[i] == 0 or recent)
+    assert not facts.new[0] and 0.2 * ITEMS < facts.new.sum() < 0.5 * ITEMS
+    u = _users(3)
+    lists = _run(r, facts, u)
+    assert lists == _run(r, ItemFacts.build(r, _catalog(), VOCAB_IDS, ASOF_US, POPULARITY), u)   # a hash, no state
+    full = 0
+    for b, lst in enumerate(lists):
+        explored = [i for i, *_, x in lst if x == "explore"]
+        assert all(facts.new[i] for i in explored)
+        assert len(explored) == min(3, sum(facts.new[i] for i in _candidates(facts, u, b)))
+        full += len(explored) == 3
+    assert full > len(lists) / 2
+    # only the popularity without explore_new_days; no popularity: only the date
+    only_pop = ItemFacts.build(_rules("rules.explore=new"), _catalog(), VOCAB_IDS, ASOF_US, POPULARITY)
+    np.testing.assert_array_equal(only_pop.new[1:], POPULARITY[1:] == 0)
+    assert not ItemFacts.build(_rules("rules.explore=new"), _catalog(), VOCAB_IDS, ASOF_US).new.any()
+
+
+def test_exploring_both_takes_either_kind_and_categories_stays_the_default():
+    both = _rules("rules.explore_share=0.3", "rules.explore=both")
+    facts, u = ItemFacts.build(both, _catalog(), VOCAB_IDS, ASOF_US, POPULARITY), _users(6)
+    kinds = {"new": 0, "outside": 0}
+    for b, lst in enumerate(_run(both, facts, u)):
+        usual = set(facts.category[u["history"][b]].tolist()) | {0}
+        eligible = [i for i in _candidates(facts, u, b) if facts.new[i] or facts.category[i] not in usual]
+        explored = [i for i, *_, x in lst if x == "explore"]
+        assert set(explored) <= set(eligible) and len(explored) == min(3, len(eligible))
+        kinds["new"] += sum(bool(facts.new[i]) for i in explored)
+        kinds["outside"] += sum(facts.category[i] not in usual for i in explored)
+    assert kinds["new"] > 50 and kinds["outside"] > 50
+    # the default explores categories: the same lists as before the setting existed
+    default = _rules("rules.explore_share=0.3")
+    assert default.explore == "categories"
+    assert _run(default, ItemFacts.build(default, _catalog(), VOCAB_IDS, ASOF_US, POPULARITY), u) == \
+        _run(default, _facts(default), u)
+    assert not _rules("rules.explore=new").active and _rules("rules.explore=new", "rules.explore_share=0.1").active
+    with pytest.raises(ConfigError, match="rules.explore_new_days .* has no effect with rules.explore=categories"):
+        _rules("rules.explore_new_days=3")
+    with pytest.raises(ConfigError, match="rules.explore must be one of"):
+        _rules("rules.explore=fresh")

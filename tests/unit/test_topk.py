@@ -116,3 +116,38 @@ def test_low_precision_candidates_give_the_exact_float32_list():
     for dtype in (torch.bfloat16, torch.float16):
         got = ranking.topk(DotScores(users, items, items.to(dtype)), 50, 1024, seen)
         assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0]), dtype
+
+
+def test_per_user_blocked_items_by_group_rank_as_each_users_own_mask():
+    """``GroupBlocked``: a user's top-K and ranks are those of their group's mask alone,
+    whatever the batch, its order or the chunking."""
+    g = torch.Generator().manual_seed(1)
+    users, items = torch.randn(40, 8, generator=g), torch.randn(301, 8, generator=g)
+    masks = torch.rand(5, 301, generator=g) < 0.6            # 5 groups, most items blocked
+    masks[4] = True                                         # a group that may see nothing
+    masks[4, 7] = False                                     # ... but one item
+    group = torch.randint(0, 5, (40,), generator=g)
+    seen = torch.randint(0, 301, (40, 6), generator=g)
+    blocked = ranking.GroupBlocked(masks, group)
+    got = topk(users, items, 25, 64, seen, blocked)
+    for b in range(40):
+        alone = topk(users[b:b + 1], items, 25, 1000, seen[b:b + 1], masks[group[b]])
+        assert torch.equal(got[0][b], alone[0][0]) and torch.equal(got[1][b], alone[1][0])
+        listed = got[1][b][torch.isfinite(got[0][b])]
+        assert not masks[group[b], listed].any() and (listed > 0).all()
+    assert (torch.isfinite(got[0][group == 4]).sum(1) <= 1).all()
+    perm = torch.randperm(40, generator=g)[:17]             # another batch: a subset, shuffled
+    part = topk(users[perm], items, 25, 7, seen[perm], blocked.select(perm))
+    assert torch.equal(part[0], got[0][perm]) and torch.equal(part[1], got[1][perm])
+    # ranks: a target the user's group blocks is masked (-1); others count only eligible items
+    target = got[1][:, 3].clone()
+    target[group == 4] = 7
+    r = ranking.rank(DotScores(users, items), target, torch.zeros(40, 0, dtype=torch.long), 25, 64, seen, blocked)
+    ok = torch.isfinite(got[0][:, 3]) & (group != 4)
+    assert (r.rank[ok] == 3).all() and torch.equal(r.top[ok], got[1][ok])
+    blocked_target = torch.tensor([int(torch.nonzero(masks[group[b]])[0, 0]) for b in range(40)])
+    r = ranking.rank(DotScores(users, items), blocked_target, torch.zeros(40, 0, dtype=torch.long), 25, 64,
+                     seen, blocked)
+    assert (r.rank == -1).all()
+    pairs = ranking.masked_pairs(torch.arange(40), blocked_target, None, blocked)
+    assert pairs.all() and not ranking.masked_pairs(torch.arange(40), target.clamp(min=1), seen, blocked)[ok].any()
