@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from raymedia import features, ranking, rules
+from raymedia import features, ranking, rules, sponsored
 from raymedia.config import Config
 from raymedia.data import read
 from raymedia.inference import LoadedModels, ScoringContext
@@ -81,17 +81,27 @@ class Scorer(LoadedModels):
     With list rules (``cfg.rules``, ``raymedia.rules``) each user's larger top-N is
     re-ranked into the list, and the rows carry ``reason`` and ``model_scores``; the
     catalog facts the rules read are made once per actor.
+
+    With ``sponsorship`` (``raymedia.sponsored``, after its pass 1) each user with a history
+    gets the campaigns whose thresholds they reach at the slots (reason ``sponsored``), and
+    the rows carry ``sponsored_campaign`` / ``sponsored_p`` for the run's report.
     """
 
-    def __init__(self, context: ScoringContext, cfg: Config, recommendable: np.ndarray | None = None):
+    def __init__(self, context: ScoringContext, cfg: Config, recommendable: np.ndarray | None = None,
+                 sponsorship: sponsored.Sponsorship | None = None):
         super().__init__(context, cfg)
         self.rules = rules.ListRules.from_config(cfg)
+        self.sponsorship = sponsorship
         self.facts = (rules.ItemFacts.build(self.rules, read.read_catalog(cfg.data.catalog_uri),
-                                            self.vocab.item_ids, self.asof_us) if self.rules.active else None)
+                                            self.vocab.item_ids, self.asof_us)
+                      if self.rules.active or sponsorship is not None else None)
         if self.rules.masks:            # include / exclude / max age: never candidates
             recommendable = self.facts.allowed & (True if recommendable is None else recommendable)
         self.blocked = self.mask(recommendable)
-        self.k = self.rules.n_candidates if self.facts else cfg.score.top_k
+        # sponsored items leave the organic part: without rules, as many candidates more as slots
+        self.k = (cfg.score.top_k if self.facts is None else self.rules.n_candidates if self.rules.active
+                  else cfg.score.top_k + len(sponsorship.slots))
+        self.item_category = torch.tensor(self.vocab.item_category, device=self.device)
         self.pins = None if self.facts is None else torch.as_tensor(self.facts.pins, device=self.device)
         popularity = torch.as_tensor(np.log1p(self.vocab.popularity), dtype=torch.float32,
                                      device=self.device)
@@ -125,6 +135,8 @@ class Scorer(LoadedModels):
                 cols = self.pins.repeat(len(users))
                 out["pin_scores"] = item_scores.exact(rows, cols).masked_fill_(
                     ranking.masked_pairs(rows, cols, seen, self.blocked), float("-inf")).view(len(users), -1)
+            if self.sponsorship is not None:
+                out["sponsored"] = self.sponsored_values(x, item_scores, seen)
             p_return = torch.sigmoid(seq.return_logit(h, x)).float()
             logits = seq.category_head(last).float()     # ties (after rounding) to the lower index
             # index 0 is 'unknown': predict a named category when the catalog has any
@@ -132,34 +144,53 @@ class Scorer(LoadedModels):
                         else torch.zeros(len(logits), dtype=torch.long, device=logits.device))
         return {**out, "p_return": p_return, "next_category": next_cat}
 
+    def recommender_users(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The recommender's float32 user vectors (what ``compute`` ranks with)."""
+        return self.user_vectors(self.cfg.score.recommender, x)
+
+    def sponsored_values(self, x: dict[str, torch.Tensor], item_scores: ranking.DotScores,
+                         seen: torch.Tensor | None) -> sponsored.Values:
+        """Each user's expected value per campaign: the same in pass 1 (``Bidder``) and here."""
+        return sponsored.expected_values(self.sponsorship.campaigns, self.item_category, item_scores, x["seen"],
+                                         seen, self.blocked, self.cfg.score.item_chunk)
+
     def __call__(self, batch: pa.Table) -> pa.Table:
         has_history = pc.list_value_length(batch["items"]).to_numpy(zero_copy_only=False) > 0
         parts = []
         if has_history.any():
             kept, x = self.inputs(batch.filter(pa.array(has_history)), "score")
-            out = {k: v.cpu().numpy() for k, v in self.compute(x).items()}
-            lists = self._lists(kept, out["idx"], out["scores"], x["seen"].cpu().numpy(), out.get("pin_scores"))
+            out = self.compute(x)
+            values = out.pop("sponsored", None)
+            out = {k: v.cpu().numpy() for k, v in out.items()}
+            chosen = (None if values is None else
+                      sponsored.choose(self.sponsorship, values, features.user_hash(kept["user_id"])))
+            lists = self._lists(kept, out["idx"], out["scores"], x["seen"].cpu().numpy(), out.get("pin_scores"),
+                                chosen)
             parts.append(self._rows(kept, lists, pa.array(out["p_return"], pa.float32()),
-                                    self.vocab.category_names(out["next_category"]), False))
+                                    self.vocab.category_names(out["next_category"]), False, chosen))
         if not has_history.all():
             cold = batch.filter(pa.array(~has_history))
             n, (idx, scores) = cold.num_rows, self.popular
             lists = self._lists(cold, np.tile(idx, (n, 1)), np.tile(scores, (n, 1)), np.zeros((n, 1), np.int64),
                                 None if self.facts is None else np.tile(self.popular_pins, (n, 1)))
-            parts.append(self._rows(cold, lists, pa.nulls(n, pa.float32()), pa.nulls(n, pa.string()), True))
+            parts.append(self._rows(cold, lists, pa.nulls(n, pa.float32()), pa.nulls(n, pa.string()), True,
+                                    None if self.sponsorship is None else
+                                    sponsored.none_chosen(n, len(self.sponsorship.slots))))
         self.trim_heap()
         return pa.concat_tables(parts)
 
     def _lists(self, users: pa.Table, idx: np.ndarray, scores: np.ndarray, history: np.ndarray,
-               pin_scores: np.ndarray | None) -> rules.Lists:
-        """The users' lists from their top-N: re-ranked by the rules, else the top-K itself."""
+               pin_scores: np.ndarray | None, chosen: sponsored.Chosen | None = None) -> rules.Lists:
+        """The users' lists from their top-N: re-ranked by the rules (and with the sponsored
+        items at their slots), else the top-K itself."""
         if self.facts is None:
             return rules.Lists.top(idx, scores)
+        placed = None if chosen is None else rules.Sponsored(self.sponsorship.slots, chosen.idx, chosen.score)
         return rules.rerank(self.rules, self.facts, idx, scores, history,
-                            features.user_hash(users["user_id"]), pin_scores)
+                            features.user_hash(users["user_id"]), pin_scores, placed)
 
     def _rows(self, users: pa.Table, lists: rules.Lists, p_return: pa.Array, next_category: pa.Array,
-              cold: bool) -> pa.Table:
+              cold: bool, chosen: sponsored.Chosen | None = None) -> pa.Table:
         offsets = pa.array(np.concatenate([[0], np.cumsum(lists.lengths)]).astype(np.int32))
         audit = {} if lists.reason is None else {
             "reason": pa.ListArray.from_arrays(offsets, lists.reason_names()),
@@ -173,5 +204,28 @@ class Scorer(LoadedModels):
             "next_category": next_category,
             "n_events": users["n_events"],
             "cold_start": pa.array(np.full(users.num_rows, cold)),
+            **({} if chosen is None else sponsored.columns(chosen)),
         })
+
+
+class Bidder(Scorer):
+    """Pass 1 of the sponsored allocation (``raymedia.sponsored``), for ``map_batches``: the
+    Scorer's models, masks and user vectors, so each user's expected values are the bits
+    scoring computes again; per batch, each campaign's ``cap`` best (EV, user hash) rows.
+    Cold-start users (no history) get no sponsored items, so they bid nothing."""
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        camp = self.sponsorship.campaigns
+        has_history = pc.list_value_length(batch["items"]).to_numpy(zero_copy_only=False) > 0
+        if not has_history.any():
+            return sponsored.candidates(sponsored.Values(np.zeros((0, len(camp))), np.zeros((0, len(camp)), np.float32),
+                                                         np.zeros((0, len(camp)), np.float32)),
+                                        np.zeros(0, np.uint64), camp.caps)
+        kept, x = self.inputs(batch.filter(pa.array(has_history)), "score")
+        seen = x.get("seen", x["items"]) if self.cfg.data.exclude_seen else None
+        with torch.inference_mode():
+            users = self.recommender_users(x)
+            values = self.sponsored_values(x, self.item_scores(self.cfg.score.recommender, users), seen)
+        self.trim_heap()
+        return sponsored.candidates(values, features.user_hash(kept["user_id"]), camp.caps)
 
