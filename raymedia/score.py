@@ -152,7 +152,7 @@ class Scorer(LoadedModels):
                          seen: torch.Tensor | None) -> sponsored.Values:
         """Each user's expected value per campaign: the same in pass 1 (``Bidder``) and here."""
         return sponsored.expected_values(self.sponsorship.campaigns, self.item_category, item_scores, x["seen"],
-                                         seen, self.blocked, self.cfg.score.item_chunk)
+                                         seen, self.blocked, min(self.cfg.score.item_chunk, sponsored.LSE_CHUNK))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         has_history = pc.list_value_length(batch["items"]).to_numpy(zero_copy_only=False) > 0

@@ -42,6 +42,7 @@ from raymedia.config import Config, ConfigError, split_names
 
 log = logging.getLogger(__name__)
 
+LSE_CHUNK = 8192            # items per float64 log-sum-exp step (a constant: never the batch's)
 P_UNITS = 10 ** 9           # p_click summed as integers of 1e-9: exact, in any order
 PRICING = "first price per impression: each list a campaign fills costs its bid"
 COLUMNS = ("campaign_id", "item_id", "bid", "cap")      # required; ``categories`` optional
