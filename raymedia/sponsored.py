@@ -237,10 +237,10 @@ def expected_values(camp: Campaigns, item_category: torch.Tensor, scores: rankin
     has = torch.zeros((B, camp.targets.shape[1]), dtype=torch.float64, device=dev)
     has.scatter_(1, cats, 1.0)
     has[:, 0] = 0                                           # no category: targets nobody
-    targeted = (has @ torch.as_tensor(camp.targets.T, dtype=torch.float64, device=dev)) > 0
-    targeted |= torch.as_tensor(camp.everyone, device=dev).unsqueeze(0)
+    targeted = (has @ torch.tensor(camp.targets.T, dtype=torch.float64, device=dev)) > 0
+    targeted |= torch.tensor(camp.everyone, device=dev).unsqueeze(0)
     rows = torch.arange(B, device=dev).repeat_interleave(C)
-    cols = torch.as_tensor(camp.items, device=dev).repeat(B)
+    cols = torch.tensor(camp.items, device=dev).repeat(B)
     ok = targeted & ~ranking.masked_pairs(rows, cols, seen, blocked).view(B, C)
     score = scores.exact(rows, cols).view(B, C)
     lse = torch.full((B,), float("inf"), dtype=torch.float64, device=dev)
@@ -248,7 +248,7 @@ def expected_values(camp: Campaigns, item_category: torch.Tensor, scores: rankin
     if len(need):
         lse[need] = log_sum_exp(scores.select(need), chunk, None if seen is None else seen[need], blocked)
     p = torch.exp(score.double() - lse.unsqueeze(1)).float().masked_fill_(~ok, 0.0)
-    bids = torch.as_tensor(camp.bids, dtype=torch.float64, device=dev)
+    bids = torch.tensor(camp.bids, dtype=torch.float64, device=dev)
     ev = torch.where(ok, bids.unsqueeze(0) * p.double(), torch.full_like(p, float("-inf"), dtype=torch.float64))
     return Values(ev.cpu().numpy(), p.cpu().numpy(), score.cpu().numpy())
 
