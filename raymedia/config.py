@@ -227,6 +227,18 @@ class RulesConfig:
 
 
 @dataclass
+class SponsoredConfig:
+    """Sponsored slots (``raymedia/sponsored.py``): campaigns fill fixed positions of each list by
+    expected value (bid x the recommender's click probability), every cap held across the run.
+    Off by default (no campaigns_uri)."""
+    campaigns_uri: str = _f("", doc="Parquet file of campaigns, one row each: campaign_id, item_id, bid (> 0), "
+                                    "cap (lists per run, >= 0), optional categories (list of strings: "
+                                    "targeting; empty or null: everyone); empty: off")
+    slots: str = _names("1-based list positions the campaigns fill, in order (e.g. 3,8; <= score.top_k, "
+                        "none a rules.pins position); set with campaigns_uri")
+
+
+@dataclass
 class EvalConfig:
     """The evaluation run (``raymedia/evaluate.py``): its own actor pool, sized apart from scoring."""
     k: int = _f(10, lo=1)
@@ -287,6 +299,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     rules: RulesConfig = field(default_factory=RulesConfig)
+    sponsored: SponsoredConfig = field(default_factory=SponsoredConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
@@ -413,6 +426,14 @@ def _cross_checks(cfg: Config) -> None:
                           f"data.history_len ({cfg.data.history_len})")
     from raymedia.rules import ListRules
     ListRules.from_config(cfg)          # ConfigError naming the rules.* key
+    from raymedia.sponsored import SlotPlan
+    SlotPlan.from_config(cfg)           # ... and the sponsored.* key
+    if cfg.sponsored.campaigns_uri:
+        from raymedia import storage
+        try:
+            storage.check_uri(cfg.sponsored.campaigns_uri, "sponsored.campaigns_uri")
+        except storage.StorageError as exc:
+            raise ConfigError(str(exc)) from None
     unknown = set(cfg.model_names()) - set(MODEL_KINDS)
     if unknown:
         raise ConfigError(f"train.models has unknown model(s) {sorted(unknown)}; "

@@ -12,10 +12,11 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 
+import numpy as np
 import pyarrow as pa
 import ray
 
-from raymedia import checkpoint, features, lists, report, schema, storage
+from raymedia import checkpoint, features, lists, report, schema, sponsored, storage
 from raymedia.config import Config
 from raymedia.data import read, state
 from raymedia.data.vocab import Vocab
@@ -23,9 +24,10 @@ from raymedia.evaluate import EvalInputs, evaluate
 from raymedia.inference import ScoringContext, actor_pool
 from raymedia.kinds import KINDS as MODEL_KINDS
 from raymedia.models.content import CategoryFill, ContentTokens, fill_categories, in_use, run_tokens
-from raymedia.score import Scorer
+from raymedia.rules import ListRules
+from raymedia.score import Bidder, Scorer
 from raymedia.train import train
-from raymedia.writer import RunWriter, reason_counts, write_batch
+from raymedia.writer import RunWriter, reason_counts, sponsored_counts, write_batch
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,7 @@ class RunResult:
     plan: dict = field(default_factory=dict)       # how the user state was built, how training started
     cleanup: storage.Cleanup | None = None         # best-effort removal after the commit point
     content: dict = field(default_factory=dict)    # what the run scored with of content (``content_info``)
+    sponsored: dict = field(default_factory=dict)  # sponsored slots: fill, spend, expected clicks
 
 
 @contextmanager
@@ -342,9 +345,11 @@ def _produce(cfg: Config, day: dt.date, sink: RunWriter, train_models: bool,
     run_id = sink.run_id
     models = None if train_models else (models or scoring_models(cfg, day))
     plan = training_plan(cfg, day) if train_models else None
+    slots = sponsored.SlotPlan.from_config(cfg)
+    campaigns = sponsored.read_campaigns(slots.campaigns_uri) if slots.on else None    # refused before any work
     inputs = prepare(cfg, day, run_id, _vocab_of(plan.parent if plan else models["sequence"]),
                      learn_items=train_models, rebuild_state=rebuild_state, keep_popularity=not train_models,
-                     reuse_histories=train_models or cfg.eval.enabled)
+                     reuse_histories=train_models or cfg.eval.enabled or slots.on)
     secs.update(inputs.seconds)
     model_uris = train_all(cfg, inputs, plan, secs) if train_models else dict(models)
     for kind in set(MODEL_KINDS) - set(model_uris):     # a run that trained only some kinds
@@ -353,9 +358,16 @@ def _produce(cfg: Config, day: dt.date, sink: RunWriter, train_models: bool,
     verified = {k: checkpoint.verify(u) for k, u in model_uris.items()}   # TamperedCheckpoint
     versions = {k: v["version"] for k, v in verified.items()}
     context = ScoringContext.build(model_uris, day.isoformat(), inputs.vocab, cfg.data.catalog_uri, inputs.content)
+    sponsorship = None
+    if campaigns is not None:
+        with _timed(secs, "sponsored"):         # pass 1: each campaign's threshold over all users
+            pins = tuple(i for i, _ in ListRules.from_config(cfg).pins)
+            sponsorship = allocate(cfg, inputs.histories, context, sponsored.Sponsorship(
+                np.array(slots.slots, np.int64),
+                sponsored.Campaigns.build(campaigns, inputs.vocab, pins, slots.campaigns_uri)))
     with _timed(secs, "score"):
         written = score_histories(cfg, inputs.histories, context, inputs.run_uri,
-                                  versions[cfg.score.recommender], generated_at)
+                                  versions[cfg.score.recommender], generated_at, sponsorship)
     sink.record("user_state", inputs.state_files, inputs.state_info["users"])
     sink.record_writes(written)
     sink.record_folder("rejects", inputs.stats.rejected_rows)
@@ -374,13 +386,15 @@ def _produce(cfg: Config, day: dt.date, sink: RunWriter, train_models: bool,
               "new_items": inputs.state_info["new_items"], "vocab_items": inputs.vocab.size - 1,
               "state_users": inputs.state_info["users"], "input_partitions": len(inputs.partitions),
               "input_rows": inputs.stats.input_rows, "rejected_rows": inputs.stats.rejected_rows}
+    paid = {} if sponsorship is None else sponsored.report(sponsorship, sponsored_counts(written))
     result = RunResult(day.isoformat(), run_id, sink.commit_uri, model_uris, metrics, counts, secs,
                        {"state": inputs.state_info, "training": asdict(plan) if plan else None},
-                       content=content_info(context.content, inputs.categories))
+                       content=content_info(context.content, inputs.categories), sponsored=paid)
     sink.write_json("summary", "summary.json", asdict(result))
     return result, sink.manifest(versions, inputs.partitions, cfg.hash(), generated_at,
                                 {"input": asdict(inputs.stats), "state": inputs.state_info, "counts": counts,
                                  **({"list_rules": hits} if hits else {}),
+                                 **({"sponsored": sponsored.small(paid)} if paid else {}),
                                  "models": verified, **({"content": result.content} if result.content else {})})
 
 
@@ -392,14 +406,32 @@ def content_info(content: ContentTokens | None, categories: CategoryFill | None)
             **(categories.summary() if categories else {})}
 
 
+def allocate(cfg: Config, histories: ray.data.Dataset, context: ScoringContext,
+             sponsorship: sponsored.Sponsorship) -> sponsored.Sponsorship:
+    """Pass 1 of the sponsored slots: ``Bidder`` actors (sized like scoring's) give each batch's
+    best users per campaign; merged here as they stream into each campaign's threshold."""
+    best = sponsored.Thresholds(sponsorship.campaigns.caps)
+    bids = histories.map_batches(
+        Bidder, fn_constructor_kwargs={"context": context, "cfg": cfg, "sponsorship": sponsorship,
+                                       "recommendable": context.recommendable(cfg.data.catalog_uri)},
+        **actor_pool(cfg))
+    for batch in bids.iter_batches(batch_size=None, batch_format="pyarrow"):
+        best.add(batch)
+    ev, key = best.result()
+    return replace(sponsorship, threshold_ev=ev, threshold_key=key)
+
+
 def score_histories(cfg: Config, histories: ray.data.Dataset, context: ScoringContext, run_uri: str,
-                    model_version: str, generated_at: str) -> list[dict]:
+                    model_version: str, generated_at: str,
+                    sponsorship: sponsored.Sponsorship | None = None) -> list[dict]:
     """The scoring stage, streaming: histories -> ``Scorer`` actor pool (top-K and
     predictions; one GPU per actor on a GPU cluster) -> Parquet files under ``run_uri``.
-    Returns one row per file written (table, file, rows, cold_start)."""
+    Returns one row per file written (table, file, rows, cold_start, and the list rules'
+    and sponsored slots' counts)."""
     scored = histories.map_batches(
         Scorer, fn_constructor_kwargs={"context": context, "cfg": cfg,
-                                       "recommendable": context.recommendable(cfg.data.catalog_uri)},
+                                       "recommendable": context.recommendable(cfg.data.catalog_uri),
+                                       "sponsorship": sponsorship},
         **actor_pool(cfg))
     return scored.map_batches(
         write_batch, batch_size=cfg.score.rows_per_file, batch_format="pyarrow",

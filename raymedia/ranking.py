@@ -113,7 +113,8 @@ class GroupBlocked:
 Blocked = Union[torch.Tensor, GroupBlocked, None]     # (n_items,) bool for every user, or per user
 
 
-def _select(blocked: Blocked, rows: torch.Tensor) -> Blocked:
+def select_blocked(blocked: Blocked, rows: torch.Tensor) -> Blocked:
+    """The blocked items of the users ``rows`` of a batch."""
     return blocked.select(rows) if isinstance(blocked, GroupBlocked) else blocked
 
 
@@ -298,7 +299,7 @@ def _scan(scores: Scores, k: int, chunk: int, seen, blocked, on_chunk=None):
     group = max(1, (1 << 24) // max(1, min(chunk, scores.n_items) * scores.users.shape[1]))
     for rows in torch.split(torch.nonzero(~complete)[:, 0], group):
         keys[rows] = _rescan(scores.select(rows), k, chunk, None if seen is None else seen[rows],
-                             _select(blocked, rows), floor[rows])
+                             select_blocked(blocked, rows), floor[rows])
     return decode_keys(torch.sort(keys, dim=1, descending=True).values)
 
 

@@ -9,7 +9,8 @@ morning's. Scoring therefore ranks a larger exact top-N (``ranking.topk``, N =
 2. freshness: each candidate's score is boosted by ``w * 2^(-age / half-life)`` and the
    candidates are re-ordered by the boosted score (ties to the lower vocabulary index,
    like ``ranking.topk``);
-3. editorial pins take their positions (those the user may be shown);
+3. editorial pins take their positions (those the user may be shown), and sponsored items
+   their slots (``raymedia.sponsored`` chose them), counting like pins;
 4. collapses: one item per series (the best-scored, or the user's next unwatched
    episode in the series' place) and one per near-duplicate key; a pin counts;
 5. exploration: a share of the places, at the end of the list, for candidates outside
@@ -51,8 +52,8 @@ from raymedia.config import Config, ConfigError, split_names
 
 log = logging.getLogger(__name__)
 
-REASONS = ("model", "fresh", "explore", "pinned")      # the ``reason`` of each listed item
-MODEL, FRESH, EXPLORE, PINNED = range(len(REASONS))
+REASONS = ("model", "fresh", "explore", "pinned", "sponsored")     # the ``reason`` of each listed item
+MODEL, FRESH, EXPLORE, PINNED, SPONSORED = range(len(REASONS))
 US_PER_DAY = 86_400_000_000
 
 
@@ -432,8 +433,17 @@ def explore_keys(user_key: int, day: int, items: np.ndarray) -> np.ndarray:
     return _mix(seed ^ _mix(np.asarray(items, dtype=np.uint64)))
 
 
+@dataclass(frozen=True)
+class Sponsored:
+    """Sponsored items to place (``raymedia.sponsored``): the s-th of a user at ``slots[s]``."""
+    slots: np.ndarray           # (S,) int64 0-based positions (none a pin's)
+    idx: np.ndarray             # (B, S) int64 vocabulary indices, 0: none
+    scores: np.ndarray          # (B, S) float32 model scores
+
+
 def rerank(rules: ListRules, facts: ItemFacts, idx: np.ndarray, scores: np.ndarray, history: np.ndarray,
-           user_keys: np.ndarray, pin_scores: np.ndarray | None = None) -> Lists:
+           user_keys: np.ndarray, pin_scores: np.ndarray | None = None,
+           sponsored: Sponsored | None = None) -> Lists:
     """Each user's list from their candidates.
 
     ``idx``, ``scores``: (B, N) candidate vocabulary indices and model scores (-inf or an
@@ -441,7 +451,8 @@ def rerank(rules: ListRules, facts: ItemFacts, idx: np.ndarray, scores: np.ndarr
     (0 padding: series progress and usual categories); ``user_keys``: (B,) uint64 stable
     user hashes (``features.user_hash``); ``pin_scores``: (B, len(facts.pins)) the pins'
     model scores, -inf where a pin may not be shown to the user (seen, not recommendable).
-    Items the masks remove (``facts.allowed``) are dropped here too.
+    Items the masks remove (``facts.allowed``) are dropped here too. ``sponsored``: items
+    placed at their slots like pins (the caller checked them against the masks).
     """
     B = len(idx)
     idx = np.where(idx > 0, idx, 0).astype(np.int64)
@@ -466,8 +477,11 @@ def rerank(rules: ListRules, facts: ItemFacts, idx: np.ndarray, scores: np.ndarr
     out = []
     for b in range(B):
         n = int(n_valid[b])
+        placed = [] if sponsored is None else [
+            (int(p), int(i), float(s), SPONSORED)
+            for p, i, s in zip(sponsored.slots, sponsored.idx[b], sponsored.scores[b]) if i > 0]
         out.append(_one(rules, facts, cols["idx"][b, :n], cols["eff"][b, :n], cols["raw"][b, :n],
-                        lifted[b, :n], history[b][history[b] > 0], int(user_keys[b]), pin_scores[b]))
+                        lifted[b, :n], history[b][history[b] > 0], int(user_keys[b]), pin_scores[b], placed))
     lengths = np.array([len(r) for r in out], np.int64)
     flat = [x for r in out for x in r]
     return Lists(idx=np.array([x[0] for x in flat], np.int64),
@@ -502,18 +516,20 @@ def _codes(facts: ItemFacts, items: np.ndarray) -> list[tuple[int, int, int]]:
 
 
 def _one(rules: ListRules, facts: ItemFacts, items: np.ndarray, eff: np.ndarray, raw: np.ndarray,
-         lifted: np.ndarray, history: np.ndarray, user_key: int, pin_scores: np.ndarray) -> list[tuple]:
+         lifted: np.ndarray, history: np.ndarray, user_key: int, pin_scores: np.ndarray,
+         sponsored: list[tuple] = ()) -> list[tuple]:
     """One user's list from their candidates in boosted order: (index, score, model score,
-    reason) per place."""
+    reason) per place. ``sponsored``: (position, index, model score, SPONSORED), placed like pins."""
     shown = np.isfinite(pin_scores) & facts.allowed[facts.pins]
-    pins = [(int(p), int(i), float(s)) for p, i, s in
-            zip(facts.pin_positions[shown], facts.pins[shown], pin_scores[shown])]
-    perm, keep = _collapse(rules, facts, items, facts.pins[shown], history)
+    pins = sorted([(int(p), int(i), float(s), PINNED) for p, i, s in
+                   zip(facts.pin_positions[shown], facts.pins[shown], pin_scores[shown])] + list(sponsored))
+    fixed = np.array([i for _, i, _, _ in pins], np.int64)
+    perm, keep = _collapse(rules, facts, items, fixed, history)
     # a next episode (perm) takes its series' place: the place's score and reason, its own model score
     items, raw = items[perm][keep], raw[perm][keep]
     score, reason = eff[keep], np.where(lifted, FRESH, MODEL)[keep]
     caps = _Caps(rules)
-    for c in _codes(facts, facts.pins[shown]):
+    for c in _codes(facts, fixed):
         caps.add(c)
     codes, taken = _codes(facts, items), [False] * len(items)
     slots = rules.top_k - len(pins)
@@ -525,7 +541,7 @@ def _one(rules: ListRules, facts: ItemFacts, items: np.ndarray, eff: np.ndarray,
     p = q = 0                   # pins at their places; the list has no holes
     while p < len(pins) or q < len(queue):
         if p < len(pins) and (pins[p][0] == len(out) or q == len(queue)):
-            out.append((pins[p][1], pins[p][2], pins[p][2], PINNED))
+            out.append((pins[p][1], pins[p][2], pins[p][2], pins[p][3]))
             p += 1
         else:
             out.append(queue[q])

@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from raymedia import features, ranking, rules
+from raymedia import features, ranking, rules, sponsored
 from raymedia.config import Config
 from raymedia.data import read
 from raymedia.inference import LoadedModels, ScoringContext
@@ -91,14 +91,20 @@ class Scorer(LoadedModels):
     items alike: a user indexes their group's mask (``ranking.GroupBlocked``), one per
     group met, made when first met (one bool per item each). The user-attributes table is
     read by each actor (its memory: ``rules.Eligibility``).
+
+    With ``sponsorship`` (``raymedia.sponsored``, after its pass 1) each user with a history
+    gets the campaigns whose thresholds they reach at the slots (reason ``sponsored``), and
+    the rows carry ``sponsored_campaign`` / ``sponsored_p`` for the run's report.
     """
 
-    def __init__(self, context: ScoringContext, cfg: Config, recommendable: np.ndarray | None = None):
+    def __init__(self, context: ScoringContext, cfg: Config, recommendable: np.ndarray | None = None,
+                 sponsorship: sponsored.Sponsorship | None = None):
         super().__init__(context, cfg)
         self.rules = rules.ListRules.from_config(cfg)
         catalog = read.read_catalog(cfg.data.catalog_uri)
         self.facts = (rules.ItemFacts.build(self.rules, catalog, self.vocab.item_ids, self.asof_us,
-                                            self.vocab.popularity) if self.rules.active else None)
+                                            self.vocab.popularity)
+                      if self.rules.active or sponsorship is not None else None)
         uri = cfg.data.user_attributes_uri
         self.eligibility = rules.Eligibility.build(catalog, self.vocab.item_ids,
                                                    read.read_user_attributes(uri) if uri else None,
@@ -106,10 +112,14 @@ class Scorer(LoadedModels):
                                                    uri or "data.user_attributes_uri")
         self.groups: dict[int, int] = {}            # eligibility group key -> row of group_masks
         self.group_masks: torch.Tensor | None = None
+        self.sponsorship = sponsorship
         if self.rules.masks:            # include / exclude / max age: never candidates
             recommendable = self.facts.allowed & (True if recommendable is None else recommendable)
         self.blocked = self.mask(recommendable)
-        self.k = self.rules.n_candidates if self.facts else cfg.score.top_k
+        # sponsored items leave the organic part: without rules, as many candidates more as slots
+        self.k = (cfg.score.top_k if self.facts is None else self.rules.n_candidates if self.rules.active
+                  else cfg.score.top_k + len(sponsorship.slots))
+        self.item_category = torch.tensor(self.vocab.item_category, device=self.device)
         self.pins = None if self.facts is None else torch.as_tensor(self.facts.pins, device=self.device)
         self.popularity = torch.as_tensor(np.log1p(self.vocab.popularity), dtype=torch.float32,
                                           device=self.device)
@@ -178,6 +188,8 @@ class Scorer(LoadedModels):
                 cols = self.pins.repeat(len(users))
                 out["pin_scores"] = item_scores.exact(rows, cols).masked_fill_(
                     ranking.masked_pairs(rows, cols, seen, blocked), float("-inf")).view(len(users), -1)
+            if self.sponsorship is not None:
+                out["sponsored"] = self.sponsored_values(x, item_scores, seen, blocked)
             p_return = torch.sigmoid(seq.return_logit(h, x)).float()
             logits = seq.category_head(last).float()     # ties (after rounding) to the lower index
             # index 0 is 'unknown': predict a named category when the catalog has any
@@ -185,33 +197,53 @@ class Scorer(LoadedModels):
                         else torch.zeros(len(logits), dtype=torch.long, device=logits.device))
         return {**out, "p_return": p_return, "next_category": next_cat}
 
+    def recommender_users(self, x: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The recommender's float32 user vectors (what ``compute`` ranks with)."""
+        return self.user_vectors(self.cfg.score.recommender, x)
+
+    def sponsored_values(self, x: dict[str, torch.Tensor], item_scores: ranking.DotScores,
+                         seen: torch.Tensor | None, blocked: ranking.Blocked) -> sponsored.Values:
+        """Each user's expected value per campaign: the same in pass 1 (``Bidder``) and here."""
+        return sponsored.expected_values(self.sponsorship.campaigns, self.item_category, item_scores, x["seen"],
+                                         seen, blocked, min(self.cfg.score.item_chunk, sponsored.LSE_CHUNK))
+
     def __call__(self, batch: pa.Table) -> pa.Table:
         has_history = pc.list_value_length(batch["items"]).to_numpy(zero_copy_only=False) > 0
         parts = []
         if has_history.any():
             kept, x = self.inputs(batch.filter(pa.array(has_history)), "score")
-            out = {k: v.cpu().numpy() for k, v in self.compute(x, self.user_blocked(kept["user_id"])).items()}
-            lists = self._lists(kept, out["idx"], out["scores"], x["seen"].cpu().numpy(), out.get("pin_scores"))
+            blocked = self.user_blocked(kept["user_id"])
+            out = self.compute(x, blocked)
+            values = out.pop("sponsored", None)
+            out = {k: v.cpu().numpy() for k, v in out.items()}
+            chosen = (None if values is None else
+                      sponsored.choose(self.sponsorship, values, features.user_hash(kept["user_id"])))
+            lists = self._lists(kept, out["idx"], out["scores"], x["seen"].cpu().numpy(), out.get("pin_scores"),
+                                chosen)
             parts.append(self._rows(kept, lists, pa.array(out["p_return"], pa.float32()),
-                                    self.vocab.category_names(out["next_category"]), False))
+                                    self.vocab.category_names(out["next_category"]), False, chosen))
         if not has_history.all():
             cold = batch.filter(pa.array(~has_history))
             n, (idx, scores, pins) = cold.num_rows, self._popular(cold)
             lists = self._lists(cold, idx, scores, np.zeros((n, 1), np.int64), pins)
-            parts.append(self._rows(cold, lists, pa.nulls(n, pa.float32()), pa.nulls(n, pa.string()), True))
+            parts.append(self._rows(cold, lists, pa.nulls(n, pa.float32()), pa.nulls(n, pa.string()), True,
+                                    None if self.sponsorship is None else
+                                    sponsored.none_chosen(n, len(self.sponsorship.slots))))
         self.trim_heap()
         return pa.concat_tables(parts)
 
     def _lists(self, users: pa.Table, idx: np.ndarray, scores: np.ndarray, history: np.ndarray,
-               pin_scores: np.ndarray | None) -> rules.Lists:
-        """The users' lists from their top-N: re-ranked by the rules, else the top-K itself."""
+               pin_scores: np.ndarray | None, chosen: sponsored.Chosen | None = None) -> rules.Lists:
+        """The users' lists from their top-N: re-ranked by the rules (and with the sponsored
+        items at their slots), else the top-K itself."""
         if self.facts is None:
             return rules.Lists.top(idx, scores)
+        placed = None if chosen is None else rules.Sponsored(self.sponsorship.slots, chosen.idx, chosen.score)
         return rules.rerank(self.rules, self.facts, idx, scores, history,
-                            features.user_hash(users["user_id"]), pin_scores)
+                            features.user_hash(users["user_id"]), pin_scores, placed)
 
     def _rows(self, users: pa.Table, lists: rules.Lists, p_return: pa.Array, next_category: pa.Array,
-              cold: bool) -> pa.Table:
+              cold: bool, chosen: sponsored.Chosen | None = None) -> pa.Table:
         offsets = pa.array(np.concatenate([[0], np.cumsum(lists.lengths)]).astype(np.int32))
         audit = {} if lists.reason is None else {
             "reason": pa.ListArray.from_arrays(offsets, lists.reason_names()),
@@ -227,5 +259,29 @@ class Scorer(LoadedModels):
             "cold_start": pa.array(np.full(users.num_rows, cold)),
             **({} if self.item_vectors is None else
                {STATS: user_stats(lists.idx, lists.lengths, self.vocab.item_category, self.item_vectors)}),
+            **({} if chosen is None else sponsored.columns(chosen)),
         })
+
+
+class Bidder(Scorer):
+    """Pass 1 of the sponsored allocation (``raymedia.sponsored``), for ``map_batches``: the
+    Scorer's models, masks and user vectors, so each user's expected values are the bits
+    scoring computes again; per batch, each campaign's ``cap`` best (EV, user hash) rows.
+    Cold-start users (no history) get no sponsored items, so they bid nothing."""
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        camp = self.sponsorship.campaigns
+        has_history = pc.list_value_length(batch["items"]).to_numpy(zero_copy_only=False) > 0
+        if not has_history.any():
+            return sponsored.candidates(sponsored.Values(np.zeros((0, len(camp))), np.zeros((0, len(camp)), np.float32),
+                                                         np.zeros((0, len(camp)), np.float32)),
+                                        np.zeros(0, np.uint64), camp.caps)
+        kept, x = self.inputs(batch.filter(pa.array(has_history)), "score")
+        seen = x.get("seen", x["items"]) if self.cfg.data.exclude_seen else None
+        with torch.inference_mode():
+            users = self.recommender_users(x)
+            values = self.sponsored_values(x, self.item_scores(self.cfg.score.recommender, users), seen,
+                                           self.user_blocked(kept["user_id"]))
+        self.trim_heap()
+        return sponsored.candidates(values, features.user_hash(kept["user_id"]), camp.caps)
 

@@ -72,6 +72,9 @@ def write_batch(batch: pa.Table, run_uri: str, model_version: str, generated_at:
         out = out.append_column("reasons", pa.array([counts] * out.num_rows))
     if STATS in batch.column_names:
         out = out.append_column("lists", pa.array([ListSums.of(batch[STATS]).to_json()] * out.num_rows))
+    if "sponsored_campaign" in batch.column_names:      # sponsored slots: lists and p_click per campaign
+        from raymedia.sponsored import batch_counts
+        out = out.append_column("sponsored", pa.array([batch_counts(batch)] * out.num_rows))
     return out
 
 
@@ -82,6 +85,19 @@ def reason_counts(written: Iterable[dict]) -> dict[str, int]:
         if w["table"] == "recommendations" and w.get("reasons"):
             for reason, n in json.loads(w["reasons"]).items():
                 total[reason] = total.get(reason, 0) + n
+    return dict(sorted(total.items()))
+
+
+def sponsored_counts(written: Iterable[dict]) -> dict[int, list[int]]:
+    """Per campaign index: [lists filled, summed p_click in ``sponsored.P_UNITS``] over a
+    run's recommendations files ({} without sponsored slots)."""
+    total: dict[int, list[int]] = {}
+    for w in written:
+        if w["table"] == "recommendations" and w.get("sponsored"):
+            for c, (n, units) in json.loads(w["sponsored"]).items():
+                t = total.setdefault(int(c), [0, 0])
+                t[0] += n
+                t[1] += units
     return dict(sorted(total.items()))
 
 

@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from raymedia import checkpoint, config, models, schema
+from raymedia import checkpoint, config, models, schema, sponsored
 from raymedia.data.vocab import Vocab
 from raymedia.inference import ScoringContext
-from raymedia.score import Scorer
+from raymedia.score import Bidder, Scorer
 
 ITEMS, USERS, HISTORY_LEN = 300, 48, 20
 ASOF = "2026-01-20"
@@ -81,6 +81,26 @@ def _histories() -> pa.Table:
                      "n_events": pa.array(lengths.astype(np.int32))})
 
 
+def _campaigns(path: str) -> str:
+    """Campaigns whose caps run out among the 48 users (one targeted, one with cap 0)."""
+    pq.write_table(pa.table({"campaign_id": ["a", "b", "c", "d"], "item_id": [1010, 1011, 1012, 1013],
+                             "bid": [1.0, 2.5, 1.5, 9.0], "cap": [5, 12, 30, 0],
+                             "categories": [None, [], ["c3", "c5"], None]}), path)
+    return path
+
+
+def _sponsorship(cfg, context: ScoringContext, recommendable: np.ndarray, h: pa.Table) -> sponsored.Sponsorship:
+    """Pass 1 in process (``pipeline.allocate`` without Ray): two batches of ``Bidder``."""
+    plan = sponsored.SlotPlan.from_config(cfg)
+    camp = sponsored.Campaigns.build(sponsored.read_campaigns(plan.campaigns_uri), context.vocab)
+    sp = sponsored.Sponsorship(np.array(plan.slots), camp)
+    bidder, best = Bidder(context, cfg, recommendable, sp), sponsored.Thresholds(camp.caps)
+    for part in (h.slice(0, 20), h.slice(20)):
+        best.add(bidder(part))
+    ev, key = best.result()
+    return sponsored.Sponsorship(sp.slots, camp, ev, key)
+
+
 def _by_user(out: pa.Table) -> dict:
     return {r["user_id"]: r for r in out.to_pylist()}
 
@@ -95,13 +115,15 @@ def setup(tmp_path_factory):
     recommendable[np.random.default_rng(2).integers(1, vocab.size, 30)] = False
     yield {"root": root, "vocab": vocab, "uris": {False: uris, True: content_uris},
            "catalog": _catalog(f"{root}/catalog.parquet"), "recommendable": recommendable,
+           "campaigns": _campaigns(f"{root}/campaigns.parquet"),
            "histories": _histories()}
     torch.set_num_threads(1)
 
 
-# list rules (raymedia/rules.py): near-duplicate titles, category caps, a pin, exploration
+# list rules (raymedia/rules.py): near-duplicate titles, category caps, a pin, exploration; with
+# them sponsored slots (raymedia/sponsored.py), the campaigns' thresholds from pass 1
 RULES = ("rules.dedup_key=title", "rules.max_per_category=4", "rules.min_categories=7", "rules.pins=1005@2",
-         "rules.explore_share=0.2")
+         "rules.explore_share=0.2", "sponsored.slots=4,9")
 
 
 @pytest.mark.parametrize("recommender,precision,content,rules", [
@@ -114,10 +136,12 @@ def test_every_batching_position_and_thread_count_gives_the_same_bits(setup, rec
 
     def scorer(threads: int) -> Scorer:
         cfg = _cfg(setup["root"], f"score.recommender={recommender}", f"score.precision={precision}",
-                   f"score.num_cpus={threads}", f"data.catalog_uri={setup['catalog']}", *rules)
+                   f"score.num_cpus={threads}", f"data.catalog_uri={setup['catalog']}", *rules,
+                   *([f"sponsored.campaigns_uri={setup['campaigns']}"] if rules else []))
         context = ScoringContext.build(setup["uris"][content], ASOF, setup["vocab"], setup["catalog"])
         assert (context.content is not None) == content
-        return Scorer(context, cfg, setup["recommendable"])
+        sp = _sponsorship(cfg, context, setup["recommendable"], h) if rules else None
+        return Scorer(context, cfg, setup["recommendable"], sp)
 
     one = scorer(1)
     alone = _by_user(pa.concat_tables([one(h.slice(i, 1)) for i in range(n)]))
@@ -130,6 +154,11 @@ def test_every_batching_position_and_thread_count_gives_the_same_bits(setup, rec
         pinned = [r["reason"].index("pinned") for r in alone.values() if "pinned" in r["reason"]]
         assert set(pinned) == {1} and len(pinned) > n / 2
         assert sum("explore" in r["reason"] for r in alone.values()) > n / 4    # the rest know all 8 categories
+        paid = [(c, p) for r in alone.values() for c, p in
+                zip(r["sponsored_campaign"], [i for i, w in enumerate(r["reason"]) if w == "sponsored"], strict=True)]
+        assert {p for _, p in paid} == {3, 8}               # the slots, 1-based 4 and 9
+        counts = np.bincount([c for c, _ in paid], minlength=4)
+        assert counts[0] == 5 and counts[1] == 12 and 0 < counts[2] <= 30 and counts[3] == 0   # caps ran out
     rng = np.random.default_rng(3)
     for _ in range(3):                                   # random orders and batch sizes
         order, parts, start = rng.permutation(n), [], 0

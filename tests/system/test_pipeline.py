@@ -307,3 +307,40 @@ def test_a_run_with_user_attributes_gives_each_user_only_items_eligible_for_them
     assert run(f"data.user_attributes_uri={root}/bad.parquet", f"output.uri={root}/eligible-bad") == 2
     assert f"{root}/bad.parquet: column 'user_id' is string but the events' user_id is integer" in capsys.readouterr().err
     assert storage.read_commit(f"{root}/eligible-bad", day) is None
+
+def test_a_run_with_sponsored_slots_fills_them_within_every_cap_and_reports_it(trained_run):
+    """``raymedia run`` with campaigns (the session's models, no training): sponsored items only
+    at the slots, never more lists per campaign than its cap, counted as the commit says."""
+    from conftest import small_overrides
+    from raymedia import cli
+    root, day = trained_run["root"], trained_run["day"]
+    catalog = [r for r in pq.read_table(f"{root}/catalog").to_pylist() if r["available"]]
+    items = [catalog[i]["item_id"] for i in (3, 11, 40, 77)]
+    caps = {"small": 40, "mid": 300, "huge": 100_000, "targeted": 150}
+    pq.write_table(pa.table({"campaign_id": list(caps), "item_id": items, "bid": [1.0, 2.0, 0.5, 4.0],
+                             "cap": list(caps.values()),
+                             "categories": [None, [], None, [catalog[5]["category"]]]}), f"{root}/campaigns.parquet")
+    sets = small_overrides(root, "eval.enabled=false", f"output.uri={root}/sponsored",
+                           f"sponsored.campaigns_uri={root}/campaigns.parquet", "sponsored.slots=3,8")
+    assert cli.main(["run", "--no-train", "--date", day.isoformat(), *[a for s in sets for a in ("--set", s)]]) == 0
+    recs = storage.read_committed(f"{root}/sponsored", day, "recommendations")
+    campaign_of = dict(zip(items, caps))
+    lists = {c: 0 for c in caps}
+    for row in recs.to_pylist():
+        assert len(row["items"]) == len(set(row["items"])) == 20
+        at = [i for i, w in enumerate(row["reason"]) if w == "sponsored"]
+        assert at in ([], [2], [2, 7])                          # the slots, filled in order
+        assert all(row["items"][i] in campaign_of for i in at)   # (a campaign's item may also rank organically)
+        for i in at:
+            lists[campaign_of[row["items"][i]]] += 1
+            assert row["scores"][i] == row["model_scores"][i]
+    details = storage.read_commit(f"{root}/sponsored", day).details
+    report = details["sponsored"]
+    assert {c: v["lists"] for c, v in report["per_campaign"].items()} == lists
+    assert all(lists[c] <= cap for c, cap in caps.items())
+    # caps that ran out mid run: nearly full (a user offered more campaigns than slots takes the best EVs)
+    assert lists["small"] > 30 and lists["mid"] > 250
+    assert 0 < lists["targeted"] <= 150 and lists["huge"] > 300
+    assert report["lists"] == details["list_rules"]["sponsored"] == sum(lists.values())
+    assert report["spend"] == pytest.approx(sum(lists[c] * b for c, b in zip(caps, [1.0, 2.0, 0.5, 4.0])))
+    assert 0 < report["expected_clicks"] < report["lists"]
