@@ -155,6 +155,26 @@ def test_a_users_values_are_the_same_bits_in_any_batch():
         assert np.array_equal(part.ev, whole.ev[rows]) and np.array_equal(part.p, whole.p[rows])
 
 
+def test_per_user_eligibility_masks_campaigns_and_the_softmax_by_each_users_group():
+    """With eligibility (``ranking.GroupBlocked``) a campaign is never offered to a user whose
+    group may not see its item, and p_click is the softmax over that user's own items."""
+    camp = _campaigns()
+    u, items, history, blocked = _world()
+    rng = np.random.default_rng(3)
+    masks = torch.as_tensor(rng.random((3, ITEMS + 1)) < 0.3) | blocked
+    masks[1, torch.as_tensor(camp.items)] = True                      # group 1 sees no campaign
+    group = torch.as_tensor(rng.integers(0, 3, len(u)))
+    v = _values(camp, u, items, history, ranking.GroupBlocked(masks, group))
+    for g in range(3):                                                # each group: its own mask for all
+        rows = torch.nonzero(group == g)[:, 0]
+        alone = _values(camp, u[rows], items, history[rows], masks[g])
+        assert np.array_equal(v.ev[rows.numpy()], alone.ev) and np.array_equal(v.p[rows.numpy()], alone.p)
+    assert not np.isfinite(v.ev[(group == 1).numpy()]).any() and np.isfinite(v.ev).any()
+    half = slice(0, len(u) // 2)                                      # and in any batch
+    part = _values(camp, u, items, history, ranking.GroupBlocked(masks, group[half]), half)
+    assert np.array_equal(part.ev, v.ev[half])
+
+
 # ---------------------------------------------------------------------------------------
 # placement in the list
 
