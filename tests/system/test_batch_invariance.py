@@ -226,12 +226,13 @@ def test_users_only_ever_get_items_eligible_for_them_whatever_the_batch(setup, r
     users of other regions get other lists; bit-identical in any batching."""
     h, n = setup["histories"], setup["histories"].num_rows
     overrides, items, people = _eligibility_inputs(setup)
-    cfg = _cfg(setup["root"], *overrides, *rules)
-    scorer = Scorer(ScoringContext.build(setup["uris"][False], ASOF, setup["vocab"], cfg.data.catalog_uri),
-                    cfg, setup["recommendable"])
+    cfg = _cfg(setup["root"], *overrides, *rules, *([f"sponsored.campaigns_uri={setup['campaigns']}"] if rules else []))
+    context = ScoringContext.build(setup["uris"][False], ASOF, setup["vocab"], cfg.data.catalog_uri)
+    scorer = Scorer(context, cfg, setup["recommendable"],       # with the rules, sponsored slots too
+                    _sponsorship(cfg, context, setup["recommendable"], h) if rules else None)
     alone = _by_user(pa.concat_tables([scorer(h.slice(i, 1)) for i in range(n)]))
     by_region: dict = {}
-    pinned = {1003: 0, 1004: 0, 1005: 0}
+    pinned, paid = {1003: 0, 1004: 0, 1005: 0}, 0
     for u, row in alone.items():
         region, age = people[u]
         for i in row["items"]:
@@ -241,11 +242,13 @@ def test_users_only_ever_get_items_eligible_for_them_whatever_the_batch(setup, r
         by_region.setdefault(region, []).append(set(row["items"]))
         for i in (i for i, w in zip(row["items"], row.get("reason") or []) if w == "pinned"):
             pinned[i] += 1                          # (eligible: checked above with every item)
+        paid += sum(w == "sponsored" for w in row.get("reason") or [])
     assert sum(r["cold_start"] for r in alone.values()) == 2        # cold-start lists obey it too
     if rules:                                        # each pin reached the users who may see it
         north = sum(r == "north" for r, _ in people.values())
         south_16 = sum(r == "south" and a >= 16 for r, a in people.values())
         assert pinned[1005] > n / 2 and 0 < pinned[1003] <= north and 0 < pinned[1004] <= south_16 < n / 2
+        assert paid > 0                              # sponsored items were placed, each eligible
     shown = {region: set().union(*lists) for region, lists in by_region.items()}
     assert {items[i][0][0] for i in shown["north"] if items[i][0]} == {"north"}
     assert {items[i][0][0] for i in shown["south"] if items[i][0]} == {"south"}
